@@ -85,15 +85,31 @@ def test_flip_rate_names_a_missing_perturbation(tmp_path, tiny_model_dir, monkey
     assert "needs cattune.data.no_such_benchmark.redraw_spurious" in capsys.readouterr().err
 
 
+def write_numeric_file(path):
+    write_records(path, [{"input": "Ruth starts with 8 apples. She shares 3. How many apples? Answer: ", "target": "5.0"}])
+    return path
+
+
 def test_flip_rate_with_the_stg_perturbation(tmp_path, tiny_model_dir):
     pytest.importorskip("cattune.data.stg")
     data = write_stg_file(tmp_path / "ood.jsonl", n=8)
+    numeric = write_numeric_file(tmp_path / "mawps.jsonl")
     out = tmp_path / "eval.json"
-    rc = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--flip-rate", "stg", "--seed", "3",
-               "--json", str(out)])
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), str(numeric), "--flip-rate", "stg",
+               "--seed", "3", "--json", str(out)])
     assert rc == 0
-    flip = json.loads(out.read_text())["results"][str(data)]["flip"]
+    results = json.loads(out.read_text())["results"]
+    assert "flip" not in results[str(numeric)]  # only files of the flip's task get a flip rate
+    flip = results[str(data)]["flip"]
     assert flip["n"] == 8 and flip["seed"] == 3 and flip["unchanged_prompts"] == 0
     items = [json.loads(x) for x in open(flip["per_item"])]
     assert flip["flips"] == sum(item["flipped"] for item in items)
     assert flip["rate"] == flip["flips"] / 8
+
+
+def test_flip_rate_without_a_file_of_its_task_fails_before_loading_the_model(tmp_path, capsys):
+    pytest.importorskip("cattune.data.stg")
+    numeric = write_numeric_file(tmp_path / "mawps.jsonl")
+    rc = main(["evaluate", "--model", str(tmp_path / "no-such-model"), "--data", str(numeric), "--flip-rate", "stg"])
+    assert rc == 2
+    assert "no file is a stg file" in capsys.readouterr().err

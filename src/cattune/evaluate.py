@@ -19,7 +19,7 @@ import random
 import re
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cattune import __version__
 from cattune.checkers import Checker, get_checker, infer_task
-from cattune.data.records import Record, load_records
+from cattune.data.records import DataError, Record, load_records
 from cattune.encoding import encode_prompt
 from cattune.files import atomic_write_text
 from cattune.stats import wilson_interval
@@ -290,27 +290,36 @@ def evaluate_files(
     out_dir: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     dtype: Any = None,
-    perturb: Callable[[str, random.Random], str] | None = None,
+    flip_perturbations: Mapping[str, Callable[[str, random.Random], str]] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, FileResult]:
     """Evaluate one model on several files, loading it once.
 
-    ``out_dir`` receives ``<stem>.predictions.jsonl`` per file (and ``<stem>.flips.jsonl`` when
-    ``perturb`` is given: the spurious flip rate of each file, see :mod:`cattune.flip`). ``limit``
-    keeps the first N items of each file. All files are read and their tasks settled before the
-    model is loaded, so a bad file fails fast.
+    ``out_dir`` receives ``<stem>.predictions.jsonl`` per file. ``flip_perturbations`` maps a task
+    to its perturbation (e.g. ``{"stg": cattune.data.stg.redraw_spurious}``): files of that task
+    also get the spurious flip rate (:mod:`cattune.flip`, seeded with ``seed``, per item in
+    ``<stem>.flips.jsonl``). ``limit`` keeps the first N items of each file. Every file is read,
+    its task settled and its prompts perturbed before the model is loaded, so bad input fails fast.
     """
+    # Imported here: cattune.flip builds on this module's generate().
+    from cattune.flip import flip_rate, perturb_records
     from cattune.models import load_model, load_tokenizer
 
+    flip_perturbations = dict(flip_perturbations or {})
     datasets: list[tuple[str, list[Record], str]] = []
     for path in paths:
         records = load_records(path)
         if limit is not None:
             records = records[:limit]
-        datasets.append((str(path), records, task or infer_task(records)))
-    for _, _, file_task in datasets:
-        get_checker(file_task)
+        file_task = get_checker(task or infer_task(records)).name
+        if file_task in flip_perturbations:
+            perturb_records(records, flip_perturbations[file_task], seed=seed)  # raises on prompts it cannot handle
+        datasets.append((str(path), records, file_task))
+    unused = set(flip_perturbations) - {t for _, _, t in datasets}
+    if unused:
+        raise DataError(datasets[0][0], None, f"no file is a {' or '.join(sorted(unused))} file, so no flip rate can be "
+                        "measured", f"file tasks: {', '.join(t for _, _, t in datasets)}")
     model = load_model(model_name_or_path, dtype=dtype, merge_adapter=True)
     tokenizer = load_tokenizer(model_name_or_path)
     names = output_names([p for p, _, _ in datasets])
@@ -320,13 +329,10 @@ def evaluate_files(
         result = evaluate_records(model, tokenizer, records, task=file_task, batch_size=batch_size,
                                   predictions_path=predictions, progress=progress)
         result.path = path
-        if perturb is not None:
-            # Imported here: flip builds on this module's generate().
-            from cattune.flip import flip_rate
-
+        if file_task in flip_perturbations:
             flips_path = Path(out_dir) / f"{name}.flips.jsonl" if out_dir is not None else None
-            result.flip = flip_rate(model, tokenizer, records, perturb, task=file_task, seed=seed,
-                                    batch_size=batch_size, original_generations=result.generations,
+            result.flip = flip_rate(model, tokenizer, records, flip_perturbations[file_task], task=file_task,
+                                    seed=seed, batch_size=batch_size, original_generations=result.generations,
                                     per_item_path=flips_path, progress=progress)
         results[path] = result
     return results

@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="weights dtype (default float32; bfloat16 is faster on CPUs with AMX but can change answers)")
     p.add_argument("--flip-rate", choices=tuple(FLIP_PERTURBATIONS), metavar="{stg,stg_h}",
-                   help="also report how often the answer changes when only the spurious values are redrawn")
+                   help="on the files of this task, also report how often the answer changes when only the "
+                        "spurious values are redrawn (spurious flip rate)")
     p.add_argument("--seed", type=int, default=0, help="seed of the flip-rate redraws (default 0)")
     p.set_defaults(func=run)
 
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     predictions_dir = _predictions_dir(args)
     results = evaluate_files(args.model, args.data, task=args.task, batch_size=args.batch_size,
-                             out_dir=predictions_dir, limit=args.limit, dtype=dtype, perturb=perturb,
+                             out_dir=predictions_dir, limit=args.limit, dtype=dtype,
+                             flip_perturbations={args.flip_rate: perturb} if perturb else None,
                              seed=args.seed, progress=not getattr(args, "quiet", False))
     description = resolve_model(args.model).description
     print(f"model: {description}")
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if r.flip is not None:
             f = r.flip
             print(f"  flip rate {_pct(f.rate)}% [{_pct(f.ci_low)}, {_pct(f.ci_high)}] (n={f.n}, spurious values "
-                  f"redrawn, seed {f.seed})")
+                  f"redrawn, seed {f.seed}); per item: {f.per_item_path}")
         print(f"  predictions: {r.predictions_path}")
     if args.json:
         report = {
