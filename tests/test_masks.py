@@ -11,23 +11,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from word_tokenizer import word_tokenizer
 
 from cattune.data import stg
 from cattune.data.records import Record, Relation
 from cattune.encoding import IGNORE_INDEX, encode_record
 from cattune.masks import MaskStats, causal_rows, char_range_to_tokens, find_occurrences, span_columns
-
-WORDS = "Smoking Weight Exercise Yellow fingers Answer High Low Risk Tom has apples pears How many".split()
-WORDS += [str(i) for i in range(20)] + [":", ",", ".", "?", "$"]
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>"] + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
 
 
 def word_offsets(text: str) -> list[tuple[int, int]]:
