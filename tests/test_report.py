@@ -137,8 +137,10 @@ def test_findings_on_feasibility_numbers(results):
                    "n = 400): CAT is worse.")
     iid = next(s for s in text if s.startswith("CAT vs baseline on test_iid"))
     assert iid.endswith("CAT is not significantly different.")
-    flip = next(s for s in text if s.startswith("Flip rate on test_ood"))
-    assert "baseline 19.8% [16.1, 24.0] vs CAT 42.5% [37.7, 47.4]" in flip and "CAT is worse" in flip
+    assert ("Flip rate on test_ood (share of answers that change when only the spurious values change; lower is "
+            "better): baseline 19.8% [16.1, 24.0] vs CAT 42.5% [37.7, 47.4].") in text
+    assert ("CAT vs baseline flip rate on test_ood: difference +22.7 points (exact McNemar p = 1.2e-19): "
+            "CAT is worse (its answers depend on the spurious values more often).") in text
     attention = next(s for s in text if s.startswith("Compared with the baseline, CAT"))
     assert "raised the share of attention on the causes from 5.0% to 20.0%" in attention
     assert "lowered the share of attention on the spurious values from 3.0% to 2.0%" in attention
@@ -152,7 +154,8 @@ def test_findings_on_feasibility_numbers(results):
 
 
 def test_findings_say_better_when_cat_wins_significantly(results):
-    results["arms"]["cat"]["splits"]["test_ood"].update(accuracy=0.81, ci_low=0.77, ci_high=0.85, flip_rate=0.05)
+    results["arms"]["cat"]["splits"]["test_ood"].update(accuracy=0.81, ci_low=0.77, ci_high=0.85, flip_rate=0.05,
+                                                        flip_ci_low=0.03, flip_ci_high=0.08)
     results["paired"]["test_ood"].update(accuracy_difference=0.058, diff_ci_low=0.02, diff_ci_high=0.09,
                                          mcnemar={"b01": 60, "b10": 37, "p_value": 0.025},
                                          flip_mcnemar={"b01": 5, "b10": 64, "p_value": 1e-12})
@@ -160,7 +163,7 @@ def test_findings_say_better_when_cat_wins_significantly(results):
     ood = next(s for s in text if s.startswith("CAT vs baseline on test_ood"))
     assert ood.endswith("CAT is better.") and "60 items only CAT answered correctly" in ood
     assert "CAT is better (its answers depend on the spurious values less often)" in \
-        next(s for s in text if s.startswith("Flip rate on test_ood"))
+        next(s for s in text if s.startswith("CAT vs baseline flip rate on test_ood"))
     assert not any("behaviour did not follow" in s for s in text)
     results["arms"]["cat"]["splits"]["test_ood"]["flip_rate"] = 0.40
     results["paired"]["test_ood"]["flip_mcnemar"] = {"b01": 90, "b10": 8, "p_value": 1e-15}
@@ -174,7 +177,7 @@ def test_findings_not_significant_when_p_is_large(results):
     assert next(s for s in text if s.startswith("CAT vs baseline on test_ood")).endswith(
         "CAT is not significantly different.")
     assert "CAT is not significantly different (no detectable change" in \
-        next(s for s in text if s.startswith("Flip rate on test_ood"))
+        next(s for s in text if s.startswith("CAT vs baseline flip rate on test_ood"))
 
 
 def test_without_paired_block_verdict_falls_back_to_intervals(results):
@@ -210,6 +213,22 @@ def test_majority_check(results):
     assert any(s.startswith("CAT's flip rate on test_ood says little") for s in text)
 
 
+def test_attention_nested_as_diagnostics_returns_it(results, tmp_path):
+    # cattune.diagnostics.attention_shares nests the shares under "share" and names the sink first_token.
+    arms = results["arms"]
+    for block, (cause, spurious) in ((arms["baseline"], (0.05, 0.03)), (arms["cat"], (0.2, 0.02))):
+        block["attention"] = {"categories": ["cause", "spurious", "first_token", "other"], "rows": 128,
+                              "share": {"cause": cause, "spurious": spurious, "first_token": 0.6,
+                                        "other": float("nan")},
+                              "per_layer": {"cause": [cause] * 3}, "causal_ratio": cause / spurious}
+    results["base_model"] = None
+    text = findings(results)
+    assert any("raised the share of attention on the causes from 5.0% to 20.0%" in s for s in text)
+    report = write_report(results, tmp_path)["report"].read_text()
+    assert "| attention share on | cause | spurious | first_token | causal ratio |" in report
+    assert "| CAT | 20.0% | 2.0% | 60.0% | 10.00 |" in report and "model before training" not in report
+
+
 def test_single_arm_no_flip_no_optional_parts(results, tmp_path):
     minimal = {"name": "only-baseline", "seeds": [1], "splits": ["test_iid", "test_ood", "test_ood_anticorrelated"],
                "arms": {"baseline": {"splits": {
@@ -230,8 +249,16 @@ def test_single_arm_no_flip_no_optional_parts(results, tmp_path):
 
 def test_multi_seed_and_extra_arm(results, tmp_path):
     results["seeds"] = [42, 43]
-    results["arms"]["augment"] = copy.deepcopy(results["arms"]["baseline"])
-    del results["arms"]["augment"]["attention"]
+    results["pooling"] = "paired tests pool items across seeds"
+    augment = results["arms"]["augment"] = copy.deepcopy(results["arms"]["baseline"])
+    del augment["attention"]
+    augment["train"] = {"steps": 300, "final_train_loss": 0.0812}
+    augment["splits"]["test_ood"].update(accuracy=0.91, ci_low=0.88, ci_high=0.94, flip_rate=0.028,
+                                         flip_ci_low=0.015, flip_ci_high=0.049)
+    # Arms other than CAT are paired with the baseline under "<arm>:<split>".
+    results["paired"]["augment:test_ood"] = {
+        "mcnemar": {"b01": 70, "b10": 7, "p_value": 1.7e-10}, "accuracy_difference": 0.158,
+        "diff_ci_low": 0.12, "diff_ci_high": 0.2, "flip_mcnemar": {"b01": 70, "b10": 2, "p_value": 3e-18}}
     for arm in results["arms"].values():
         for split, stats in arm["splits"].items():
             stats["ci_method"] = "seeds"
@@ -243,7 +270,17 @@ def test_multi_seed_and_extra_arm(results, tmp_path):
     report = written["report"].read_text()
     assert "2 seeds per arm (42, 43)." in report and "interval across seeds" in report
     assert "| CAT | 43 | 93.2 | 69.8 (flip 10.0) |" in report
-    assert comparison_table(results).splitlines()[4].startswith("| augment | 93.0 [90.1, 95.1]")
+    assert "300 steps, mean training loss 0.0812" in report
+    table = comparison_table(results).splitlines()
+    assert table[4] == "| augment | 93.0 [90.1, 95.1] | 91.0 [88.0, 94.0] | 2.8 [1.5, 4.9] |"
+    assert table[7] == "| augment - baseline | +0.0 | +15.8 [+12.0, +20.0], p = 1.7e-10 | -17.0, p = 3.0e-18 |"
+    assert "Paired tests: paired tests pool items across seeds." in report
+    text = findings(results)
+    assert any(s.startswith("augment vs baseline on test_ood: 91.0% vs 75.2%") and s.endswith("augment is better.")
+               and "70 items only augment answered correctly" in s for s in text)
+    assert any(s.startswith("augment vs baseline flip rate on test_ood") and "augment is better" in s for s in text)
+    # The attention caveat is about CAT alone: augment winning does not make CAT's behaviour "mixed".
+    assert any("behaviour did not follow" in s for s in text)
 
 
 def test_training_plot_averages_repeated_steps_and_rejects_empty(metrics, tmp_path):

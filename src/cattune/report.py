@@ -2,13 +2,14 @@
 
 Input is the ``results`` dict that ``cattune experiment`` writes as ``results.json``. Every
 claim is taken from the recorded numbers: accuracies with their n and 95% intervals, the
-majority-class baseline of each split, the paired test between CAT and the baseline, and the flip
-rate (share of answers that change when only the spurious values change; lower is better).
-Attention shares are reported as a diagnostic only: behaviour is the measure.
+majority-class baseline of each split, the paired test of each arm (CAT first) against the
+baseline, and the flip rate (share of answers that change when only the spurious values change;
+lower is better). Attention shares are reported as a diagnostic only: behaviour is the measure.
 
-Conventions assumed of the paired block (cat minus baseline): ``accuracy_difference`` and its
-interval are CAT minus baseline; in ``mcnemar``, ``b01`` counts items the baseline got wrong and
-CAT right, ``b10`` the reverse (checked against the sign of the difference before being named).
+The paired block is keyed by split for CAT and by ``"<arm>:<split>"`` for any other arm, always
+that arm minus the baseline; in ``mcnemar`` (``cattune.stats.mcnemar_exact``), ``b01`` counts
+items only the arm got right and ``b10`` items only the baseline got right (checked against the
+sign of the difference before being named).
 
 Plots are drawn on bare ``matplotlib.figure.Figure`` objects (Agg rendering, no pyplot state), so
 the module works without a display and leaves no figures open.
@@ -40,9 +41,10 @@ ALPHA = 0.05  # significance level of every verdict in the findings
 BASELINE, CAT = "baseline", "cat"
 
 # Attention categories in display order; any other category found is shown after these.
-ATTENTION_CATEGORIES = ("cause", "spurious", "irrelevant", "sink", "other")
+# "first_token" is what cattune.diagnostics calls the attention sink.
+ATTENTION_CATEGORIES = ("cause", "spurious", "irrelevant", "sink", "first_token", "other")
 _CATEGORY_COLORS = {"cause": "tab:green", "spurious": "tab:red", "irrelevant": "tab:gray",
-                    "sink": "tab:purple", "other": "tab:brown"}
+                    "sink": "tab:purple", "first_token": "tab:purple", "other": "tab:brown"}
 _ARM_COLORS = {BASELINE: "tab:blue", CAT: "tab:orange", "base model": "tab:gray"}
 _EXTRA_COLORS = ("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 _DPI = 120
@@ -58,10 +60,11 @@ answer from the causes instead of the shortcut, and behaviour answers it:
 - **Flip rate**: the share of answers that change when only the spurious values are redrawn.
   Lower is better and 0 means the answer depends on the causes alone, but a model that ignores
   its input also never flips, so read it together with accuracy.
-- **CAT - baseline** is the paired comparison on the same items: the difference with its 95%
-  interval and the exact McNemar p-value. A difference is called better or worse only when
-  p < 0.05; otherwise the arms are not significantly different. With one seed per arm the
-  intervals cover the sampling of test items only, not seed-to-seed variance.
+- **CAT - baseline** (likewise any other arm - baseline) is the paired comparison on the same
+  items: the difference with its 95% interval and the exact McNemar p-value. A difference is
+  called better or worse only when p < 0.05; otherwise the arms are not significantly
+  different. With one seed per arm the intervals cover the sampling of test items only, not
+  seed-to-seed variance.
 - **Attention shares** (mean over layers and heads of the attention the supervised rows put on
   each kind of token) are a diagnostic: a model can keep attention off a token and still use
   its value (Pruthi et al., 2020), so attention moving to the causes is not by itself success.
@@ -120,6 +123,17 @@ def _majority(results: Mapping[str, Any], split: str) -> float | None:
     return None
 
 
+def _compared_arms(results: Mapping[str, Any]) -> list[str]:
+    """Arms compared with the baseline (CAT first); none without a baseline."""
+    arms = _arms(results)
+    return [a for a in arms if a != BASELINE] if BASELINE in arms else []
+
+
+def _paired(results: Mapping[str, Any], arm: str, split: str) -> Mapping[str, Any]:
+    paired = results.get("paired") or {}
+    return paired.get(split if arm == CAT else f"{arm}:{split}") or {}
+
+
 def _is_ood(split: str) -> bool:
     return "ood" in split.lower()
 
@@ -168,16 +182,16 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    """CAT against the baseline on one measure of one split."""
+    """An arm against the baseline on one measure of one split."""
 
     verdict: str  # "better", "worse", "not significantly different" or "undetermined"
-    difference: float  # CAT minus baseline, as a fraction
+    difference: float  # arm minus baseline, as a fraction
     ci: tuple[float, float] | None  # 95% interval of the difference
     p_value: float | None
     basis: str  # how the verdict was reached, for the sentence
 
 
-def _discordant_text(mcnemar: Mapping[str, Any], difference: float) -> str:
+def _discordant_text(mcnemar: Mapping[str, Any], difference: float, arm: str) -> str:
     b01, b10 = mcnemar.get("b01"), mcnemar.get("b10")
     if b01 is None or b10 is None:
         return ""
@@ -187,24 +201,25 @@ def _discordant_text(mcnemar: Mapping[str, Any], difference: float) -> str:
         logger.warning("McNemar counts b01=%s b10=%s disagree with the difference %+.4f; not naming them",
                        b01, b10, difference)
         return ""
-    return f"; {b01} items only CAT answered correctly, {b10} only the baseline"
+    return f"; {b01} items only {_arm_label(arm)} answered correctly, {b10} only the baseline"
 
 
-def compare_arms(results: Mapping[str, Any], split: str, measure: str = "accuracy") -> Comparison | None:
-    """CAT vs baseline on ``split`` for ``measure`` ("accuracy", higher is better, or "flip_rate",
-    lower is better). None when either arm lacks the measure on that split.
+def compare_arms(results: Mapping[str, Any], split: str, measure: str = "accuracy",
+                 arm: str = CAT) -> Comparison | None:
+    """``arm`` vs the baseline on ``split`` for ``measure`` ("accuracy", higher is better, or
+    "flip_rate", lower is better). None when either arm lacks the measure on that split.
 
     The verdict uses, in order: the exact McNemar p-value; the interval of the paired difference;
     the two arms' own intervals (non-overlap is a conservative test). Significance is p < ALPHA.
     """
     arms = _arms(results)
-    if BASELINE not in arms or CAT not in arms:
+    if BASELINE not in arms or arm not in arms or arm == BASELINE:
         return None
-    base, cat = _split_stats(arms[BASELINE], split), _split_stats(arms[CAT], split)
+    base, cat = _split_stats(arms[BASELINE], split), _split_stats(arms[arm], split)
     if not base or not cat or base.get(measure) is None or cat.get(measure) is None:
         return None
     higher_is_better = measure == "accuracy"
-    paired = (results.get("paired") or {}).get(split) or {}
+    paired = _paired(results, arm, split)
     mcnemar = paired.get("mcnemar" if measure == "accuracy" else "flip_mcnemar") or {}
     if measure == "accuracy" and paired.get("accuracy_difference") is not None:
         difference = float(paired["accuracy_difference"])
@@ -221,7 +236,7 @@ def compare_arms(results: Mapping[str, Any], split: str, measure: str = "accurac
         significant = p < ALPHA
         basis = f"exact McNemar p = {_p(p)}"
         if measure == "accuracy":
-            basis += _discordant_text(mcnemar, difference)
+            basis += _discordant_text(mcnemar, difference, arm)
     elif ci is not None:
         significant = ci[0] > 0 or ci[1] < 0
         basis = "the paired interval " + ("excludes" if significant else "includes") + " 0; no McNemar test recorded"
@@ -258,10 +273,14 @@ def _table_notes(results: Mapping[str, Any]) -> list[str]:
         notes.append("Intervals: " + "; ".join(described.get(m, f"method '{m}'") for m in sorted(methods)) + ".")
     if any(_has_flip(_split_stats(a, sp)) for a in _arms(results).values() for sp in _splits(results)):
         notes.append("Flip: share of answers that change when only the spurious values change (lower is better).")
-    if results.get("paired"):
-        notes.append("CAT - baseline: difference in points [95% interval of the paired difference], exact McNemar p.")
-    elif BASELINE in _arms(results) and CAT in _arms(results):
-        notes.append("CAT - baseline: difference in points; no paired test was recorded.")
+    if _compared_arms(results):
+        if results.get("paired"):
+            notes.append("Arm - baseline: difference in points [95% interval of the paired difference], "
+                         "exact McNemar p.")
+            if results.get("pooling"):
+                notes.append(f"Paired tests: {results['pooling']}.")
+        else:
+            notes.append("Arm - baseline: difference in points; no paired test was recorded.")
     return notes
 
 
@@ -308,20 +327,21 @@ def comparison_table(results: dict) -> str:
         majority.append(_pct(value) if value is not None else "—")
     rows.append(majority)
 
-    paired_row = ["CAT - baseline"]
-    for split, measure in columns:
-        comparison = compare_arms(results, split, measure)
-        if comparison is None:
-            paired_row.append("—")
-            continue
-        cell = f"{100 * comparison.difference:+.1f}"
-        if comparison.ci is not None:
-            cell += " " + _interval(*comparison.ci, signed=True)
-        if comparison.p_value is not None:
-            cell += f", p = {_p(comparison.p_value)}"
-        paired_row.append(cell)
-    if any(cell != "—" for cell in paired_row[1:]):
-        rows.append(paired_row)
+    for arm in _compared_arms(results):
+        paired_row = [f"{_arm_label(arm)} - baseline"]
+        for split, measure in columns:
+            comparison = compare_arms(results, split, measure, arm)
+            if comparison is None:
+                paired_row.append("—")
+                continue
+            cell = f"{100 * comparison.difference:+.1f}"
+            if comparison.ci is not None:
+                cell += " " + _interval(*comparison.ci, signed=True)
+            if comparison.p_value is not None:
+                cell += f", p = {_p(comparison.p_value)}"
+            paired_row.append(cell)
+        if any(cell != "—" for cell in paired_row[1:]):
+            rows.append(paired_row)
     return _md_table(header, rows) + "\n\n" + "\n".join(_table_notes(results))
 
 
@@ -339,19 +359,20 @@ def _seed_sentence(results: Mapping[str, Any]) -> str | None:
     return f"{len(seeds)} seeds per arm ({', '.join(str(s) for s in seeds)})."
 
 
-def _accuracy_sentence(results: Mapping[str, Any], split: str, c: Comparison) -> str:
+def _accuracy_sentence(results: Mapping[str, Any], split: str, arm: str, c: Comparison) -> str:
     arms = _arms(results)
-    base, cat = _split_stats(arms[BASELINE], split), _split_stats(arms[CAT], split)
-    assert base and cat
+    base, other = _split_stats(arms[BASELINE], split), _split_stats(arms[arm], split)
+    assert base and other  # compare_arms returned a comparison, so both exist
     detail = f"difference {100 * c.difference:+.1f} points"
     if c.ci is not None:
         detail += f", 95% CI {_interval(*c.ci, signed=True)}"
     n = _split_n(results, split, "n")
     detail += f"; {c.basis}" + (f"; n = {n}" if n is not None else "")
-    head = f"CAT vs baseline on {split}: {_pct(cat['accuracy'])}% vs {_pct(base['accuracy'])}% ({detail})"
+    label = _arm_label(arm)
+    head = f"{label} vs baseline on {split}: {_pct(other['accuracy'])}% vs {_pct(base['accuracy'])}% ({detail})"
     if c.verdict == "undetermined":
         return head + ": no claim can be made."
-    return head + f": CAT is {c.verdict}."
+    return head + f": {label} is {c.verdict}."
 
 
 def _majority_sentences(results: Mapping[str, Any]) -> list[str]:
@@ -386,20 +407,20 @@ def _flip_sentences(results: Mapping[str, Any]) -> list[str]:
             continue
         parts = [f"{_arm_label(name)} {_cell(s['flip_rate'], s.get('flip_ci_low'), s.get('flip_ci_high'), '%')}"
                  for name, s in with_flip.items()]
-        sentence = (f"Flip rate on {split} (share of answers that change when only the spurious values "
-                    f"change; lower is better): " + " vs ".join(parts))
-        c = compare_arms(results, split, "flip_rate")
-        if c is None:
-            sentence += "."
-        elif c.verdict == "undetermined":
-            sentence += f" (difference {100 * c.difference:+.1f} points; no test recorded): no claim can be made."
-        else:
-            meaning = {"better": "its answers depend on the spurious values less often",
-                       "worse": "its answers depend on the spurious values more often",
-                       "not significantly different": "no detectable change in reliance on the spurious values"}
-            sentence += (f" (difference {100 * c.difference:+.1f} points; {c.basis}): CAT is {c.verdict} "
-                         f"({meaning[c.verdict]}).")
-        out.append(sentence)
+        out.append(f"Flip rate on {split} (share of answers that change when only the spurious values "
+                   f"change; lower is better): " + " vs ".join(parts) + ".")
+        meaning = {"better": "its answers depend on the spurious values less often",
+                   "worse": "its answers depend on the spurious values more often",
+                   "not significantly different": "no detectable change in reliance on the spurious values"}
+        for arm in _compared_arms(results):
+            c = compare_arms(results, split, "flip_rate", arm)
+            if c is None:
+                continue
+            head = f"{_arm_label(arm)} vs baseline flip rate on {split}: difference {100 * c.difference:+.1f} points"
+            if c.verdict == "undetermined":
+                out.append(f"{head} (no test recorded): no claim can be made.")
+            else:
+                out.append(f"{head} ({c.basis}): {_arm_label(arm)} is {c.verdict} ({meaning[c.verdict]}).")
         # A low flip rate is only evidence of reading the causes if the model reads its input at all.
         majority = _majority(results, split)
         lowest = min(s["flip_rate"] for s in with_flip.values())
@@ -411,9 +432,22 @@ def _flip_sentences(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _attention(block: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    attention = (block or {}).get("attention")
-    return attention if attention and attention.get("cause") is not None else None
+def _attention(block: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """Category -> share of a block's ``attention``, or None without a cause share.
+
+    Accepts the shares flat (``{"cause": .., "spurious": ..}``) or nested under ``"share"`` as
+    ``cattune.diagnostics.attention_shares`` returns them; non-finite shares (empty sets) are dropped.
+    """
+    attention = (block or {}).get("attention") or {}
+    shares = attention.get("share") if isinstance(attention.get("share"), Mapping) else attention
+    flat = {k: float(v) for k, v in shares.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return flat if "cause" in flat else None
+
+
+def _causal_ratio(block: Mapping[str, Any] | None) -> float | None:
+    ratio = ((block or {}).get("attention") or {}).get("causal_ratio")
+    return float(ratio) if isinstance(ratio, (int, float)) and math.isfinite(ratio) else None
 
 
 def _attention_sentences(results: Mapping[str, Any], verdicts: Mapping[str, list[str]]) -> list[str]:
@@ -467,21 +501,21 @@ def findings(results: dict) -> list[str]:
         out.append("No arm was run.")
     elif len(arms) == 1:
         out.append(f"Only the {_arm_label(next(iter(arms)))} arm was run: no comparison is made.")
-    elif not (BASELINE in arms and CAT in arms):
-        out.append(f"The arms ({', '.join(_arm_label(a) for a in arms)}) do not include both a baseline and "
-                   "a CAT arm: no paired comparison is made.")
-    # Verdicts on the OOD splits (all splits when none is named OOD) feed the attention caveat.
+    elif BASELINE not in arms:
+        out.append(f"No baseline arm among {', '.join(_arm_label(a) for a in arms)}: no comparison is made.")
+    # CAT's verdicts on the OOD splits (all splits when none is named OOD) feed the attention caveat.
     ood = [s for s in _splits(results) if _is_ood(s)] or _splits(results)
     verdicts: dict[str, list[str]] = {"accuracy": [], "flip_rate": []}
-    for split in _splits(results):
-        c = compare_arms(results, split, "accuracy")
-        if c is not None:
-            out.append(_accuracy_sentence(results, split, c))
-            if split in ood and c.verdict != "undetermined":
-                verdicts["accuracy"].append(c.verdict)
-        f = compare_arms(results, split, "flip_rate")
-        if f is not None and split in ood and f.verdict != "undetermined":
-            verdicts["flip_rate"].append(f.verdict)
+    for arm in _compared_arms(results):
+        for split in _splits(results):
+            c = compare_arms(results, split, "accuracy", arm)
+            if c is not None:
+                out.append(_accuracy_sentence(results, split, arm, c))
+            if arm == CAT and split in ood:
+                for measure in verdicts:
+                    judged = c if measure == "accuracy" else compare_arms(results, split, measure, arm)
+                    if judged is not None and judged.verdict != "undetermined":
+                        verdicts[measure].append(judged.verdict)
     out += _majority_sentences(results)
     out += _flip_sentences(results)
     out += _attention_sentences(results, verdicts)
@@ -865,13 +899,15 @@ def _summary(results: Mapping[str, Any]) -> str:
     for name, arm in _arms(results).items():
         settings = _arm_settings(config, name)
         train = arm.get("train") or {}
-        done = []
+        done: list[str] = []
         if train.get("steps") is not None:
             done.append(f"{train['steps']} steps")
         if train.get("seconds") is not None:
             done.append(f"{train['seconds'] / 60:.1f} min")
         if train.get("final_lm_loss") is not None:
             done.append(f"final LM loss {train['final_lm_loss']:.3g}")
+        if train.get("final_train_loss") is not None:
+            done.append(f"mean training loss {train['final_train_loss']:.3g}")
         text = "; ".join(p for p in (settings, ", ".join(done)) if p)
         rows.append([f"arm: {_arm_label(name)}", text or "—"])
     version = results.get("cattune_version")
@@ -885,16 +921,22 @@ def _summary(results: Mapping[str, Any]) -> str:
 
 
 def _attention_table(results: Mapping[str, Any]) -> str | None:
-    blocks = {"model before training": _attention(results.get("base_model"))}
-    blocks.update({_arm_label(n): _attention(a) for n, a in _arms(results).items()})
-    blocks = {k: v for k, v in blocks.items() if v}
+    sources = {"model before training": results.get("base_model"),
+               **{_arm_label(n): a for n, a in _arms(results).items()}}
+    blocks = {name: (shares, _causal_ratio(block)) for name, block in sources.items()
+              if (shares := _attention(block))}
     if not blocks:
         return None
-    found = {k for v in blocks.values() for k, x in v.items() if isinstance(x, (int, float))}
+    found = {k for shares, _ in blocks.values() for k in shares}
     categories = [c for c in ATTENTION_CATEGORIES if c in found] + sorted(found - set(ATTENTION_CATEGORIES))
-    rows = [[name] + [_share(float(v[c])) if isinstance(v.get(c), (int, float)) else "—" for c in categories]
-            for name, v in blocks.items()]
-    return _md_table(["attention share on"] + categories, rows)
+    with_ratio = any(ratio is not None for _, ratio in blocks.values())
+    rows = []
+    for name, (shares, ratio) in blocks.items():
+        row = [name] + [_share(shares[c]) if c in shares else "—" for c in categories]
+        if with_ratio:
+            row.append(f"{ratio:.2f}" if ratio is not None else "—")
+        rows.append(row)
+    return _md_table(["attention share on", *categories] + (["causal ratio"] if with_ratio else []), rows)
 
 
 def _per_seed_table(results: Mapping[str, Any]) -> str | None:
