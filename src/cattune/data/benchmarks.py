@@ -65,8 +65,8 @@ def _stg_h_notes(options: Mapping[str, Any]) -> list[str]:
             "unrounded cause values as in the release: about 3% of labels differ by 1 from the formula "
             "applied to the printed values."
         ),
-        "test_ood draws the spurious values from narrow shifted uniforms (as released), mostly outside their "
-        "training ranges: it tests independence and extrapolation at once.",
+        "test_ood draws the spurious values from narrow shifted uniforms (as released); where these leave the "
+        "training ranges (listed below) it tests extrapolation as well as independence.",
     ]
     shifts = options.get("extra_shifts", ())
     if stg_h.ANTICORRELATED in shifts:
