@@ -585,7 +585,9 @@ def _bar_panel(ax: Any, results: Mapping[str, Any], splits: Sequence[str], measu
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 110)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right" if measure == "accuracy" else "upper right")
+    # Below the axes: any corner inside would cover a bar.
+    n_entries = len(names) + (measure == "accuracy" and any(_majority(results, s) is not None for s in splits))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=max(n_entries, 1), frameon=False)
 
 
 def plot_accuracy(results: dict, path: str | os.PathLike[str]) -> Path:
