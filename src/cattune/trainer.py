@@ -1,0 +1,134 @@
+"""CAT training: the Re-Attention term inside a ``transformers.Trainer``.
+
+``ReAttentionMixin`` adds the weighted term to any Trainer subclass whose ``compute_loss`` runs the
+model forward (``Trainer`` itself, TRL's ``SFTTrainer``, ...)::
+
+    class CATSFTTrainer(ReAttentionMixin, SFTTrainer):
+        pass
+
+    trainer = CATSFTTrainer(model=model, args=args, train_dataset=examples,
+                            data_collator=CATCollator(tokenizer.pad_token_id),
+                            reattention=ReAttentionSettings(alpha=2.0))
+
+``CATTrainer`` is ``ReAttentionMixin`` on ``Trainer``. Both log the two terms separately
+(``lm_loss``, ``attn_loss``) with the attention diagnostics (``attn_ratio``, ``attn_satisfied``,
+``attn_weight`` and the attention share on each named column set). Distributed training (DDP,
+FSDP, DeepSpeed) comes through accelerate, as for any Trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from cattune.attention import RowSupervision, capture_row_attention
+from cattune.collator import PAIR_PREFIX
+from cattune.loss import attention_weight, reattention_loss
+
+
+_CORE_LOGS = ("attn_loss", "attn_ratio", "attn_satisfied", "attn_share_cause", "attn_weight", "lm_loss")
+
+
+@dataclass
+class ReAttentionSettings:
+    """The Re-Attention term's settings (see ``TrainConfig`` for what each means)."""
+
+    weight: float = 1.0
+    schedule: str = "exp"
+    decay: float = 1.0
+    alpha: float = 2.0
+    loss_type: str = "div"
+    backend: str = "recompute"
+    layers: list[int] | None = None
+    per_head: bool = False
+
+
+def _pop_supervision(inputs: dict[str, Any]) -> RowSupervision | None:
+    rows = inputs.pop("cat_rows", None)
+    sets = {k[len(PAIR_PREFIX):]: inputs.pop(k) for k in list(inputs) if k.startswith(PAIR_PREFIX)}
+    if rows is None or rows.numel() == 0:
+        return None
+    return RowSupervision(rows=rows, column_sets=sets)
+
+
+class ReAttentionMixin:
+    """Adds ``w * L_attn`` to the wrapped Trainer's loss; see the module docstring."""
+
+    def __init__(self, *args: Any, reattention: ReAttentionSettings | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reattention = reattention or ReAttentionSettings()
+        # The term is a per-batch mean; keep the LM loss a per-batch mean too so the Trainer scales
+        # both the same way under gradient accumulation (and DDP averages both the same way).
+        self.model_accepts_loss_kwargs = False
+        self._cat_sums: dict[str, float] = defaultdict(float)
+        self._cat_counts: dict[str, int] = defaultdict(int)
+
+    def _record(self, name: str, value: float) -> None:
+        if math.isfinite(value):
+            self._cat_sums[name] += value
+            self._cat_counts[name] += 1
+
+    def current_attention_weight(self) -> float:
+        s = self.reattention
+        if s.weight == 0:
+            return 0.0
+        epoch = math.floor(self.state.epoch or 0.0)  # the released code's integer epoch, from 0
+        return s.weight * attention_weight(epoch, decay=s.decay, schedule=s.schedule)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        supervision = _pop_supervision(inputs)
+        if supervision is None:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            if model.training:
+                self._record("lm_loss", loss.detach().float().item())
+            return (loss, outputs) if return_outputs else loss
+        s = self.reattention
+        with capture_row_attention(model, supervision, backend=s.backend, layers=s.layers) as capture:
+            inputs = {**inputs, **capture.forward_kwargs}
+            lm_loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            masses = capture.masses(outputs, inputs.get("attention_mask"))
+        causal, other, n_causal, n_other = masses.row_statistics(per_head=s.per_head)
+        term = reattention_loss(causal, other, n_causal, n_other, alpha=s.alpha, loss_type=s.loss_type)
+        weight = self.current_attention_weight()
+        loss = lm_loss + weight * term.loss if weight > 0 else lm_loss
+        if model.training:
+            self._record("lm_loss", lm_loss.detach().float().item())
+            self._record("attn_loss", term.loss.detach().float().item())
+            self._record("attn_weight", weight)
+            self._record("attn_satisfied", term.satisfied_fraction)
+            if term.valid.any():
+                self._record("attn_ratio", term.ratio[term.valid].float().mean().item())
+            self._record_shares(masses)
+        if isinstance(outputs, dict) and "attentions" in outputs:
+            outputs["attentions"] = None  # eager maps are large; nothing downstream needs them
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_shares(self, masses: Any) -> None:
+        for name, mass in masses.mass.items():
+            # Share of each row's attention (mean over layers and heads) on the set's columns.
+            self._record(f"attn_share_{name}", mass.detach().float().mean().item())
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if self._cat_counts and "loss" in logs:
+            accelerator = getattr(self, "accelerator", None)
+            distributed = accelerator is not None and accelerator.num_processes > 1
+            # Every process must reduce the same names in the same order; the core terms are
+            # recorded on every step, the per-set shares only where the data names such sets.
+            names = [n for n in _CORE_LOGS if n in self._cat_counts] if distributed else sorted(self._cat_counts)
+            values = torch.tensor([self._cat_sums[n] / self._cat_counts[n] for n in names], dtype=torch.float64)
+            if distributed:
+                values = accelerator.reduce(values.to(accelerator.device), reduction="mean").cpu()
+            for name, value in zip(names, values.tolist()):
+                logs[name] = round(value, 6)
+            self._cat_sums.clear()
+            self._cat_counts.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class CATTrainer(ReAttentionMixin, Trainer):
+    """``transformers.Trainer`` with the Re-Attention term."""
