@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cattune.data.records import Relation
-from cattune.data.tables import parse_table, replace_values
+from cattune.data.tables import TableField, parse_table, replace_values
 
 NAME = "stg"
 PROMPT_PREFIX = "Here is the statistical data for a person. Please predict the probability of cancer. "
@@ -160,7 +160,7 @@ def generate_splits(
     return splits
 
 
-def _fields(text: str) -> dict[str, Any]:
+def _fields(text: str) -> dict[str, TableField]:
     fields = {f.name: f for f in parse_table(text)}
     missing = [name for name in VARIABLES if name not in fields]
     if missing:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cattune.data.records import Relation
-from cattune.data.tables import parse_table, replace_values
+from cattune.data.tables import TableField, parse_table, replace_values
 
 NAME = "stg-h"
 QUESTION = "Given these diverse conditions, what is the projected Air Quality Index (AQI) on a 0-100 scale?"
@@ -218,7 +218,7 @@ def generate_splits(
     return splits
 
 
-def _fields(text: str) -> dict[str, Any]:
+def _fields(text: str) -> dict[str, TableField]:
     fields = {f.name: f for f in parse_table(text)}
     missing = [name for name in VARIABLES if name not in fields]
     if missing:
