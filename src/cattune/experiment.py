@@ -1,0 +1,365 @@
+"""The experiment recipe: train every arm (baseline, CAT, variants) over the seeds, evaluate them on
+every test split, measure the spurious flip rate and attention shares, and write the results.
+
+Layout of the run folder (``runs/<name>/`` by default)::
+
+    config.yaml            the resolved experiment config
+    data/                  the generated benchmark (when the config generates one)
+    base/attention.json    attention shares of the untrained model
+    <arm>/                 the arm's training run for the first seed (loadable by cattune evaluate)
+    <arm>-seed<S>/         the same for every further seed
+      eval/<split>.json, eval/<split>.predictions.jsonl, eval/<split>.flip.json
+      attention.json, heatmap.json
+    results.json           every figure, with n, intervals, config, version and git revision
+    report.md, *.png       the comparison table, findings and plots
+
+Every step writes its result file atomically and is skipped when that file already exists, so an
+interrupted experiment resumes where it stopped without redoing finished arms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cattune import __version__
+from cattune.config import from_dict, save_config, to_dict
+from cattune.data.records import Record, load_records, write_records
+from cattune.experiment_config import ExperimentConfig
+from cattune.files import atomic_write_json
+from cattune.train_config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def git_revision(start: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=start or Path.cwd(), capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=start or Path.cwd(),
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def arm_dir(out: Path, arm: str, seed: int, seeds: list[int]) -> Path:
+    return out / arm if seed == seeds[0] else out / f"{arm}-seed{seed}"
+
+
+def _benchmark_module(name: str) -> Any:
+    from cattune.data.benchmarks import BENCHMARKS
+
+    return BENCHMARKS[name].module
+
+
+def prepare_data(config: ExperimentConfig, out: Path) -> tuple[Path, dict[str, Path]]:
+    """The training file and the test files.
+
+    With a ``generate`` section the benchmark is generated once into ``out/data``; ``train_file``
+    and ``test_files``, where given, replace or add to the generated ones (for example: train and
+    test on the released files, plus a generated extra OOD shift via ``generate.splits``).
+    """
+    train_file = Path(config.train_file) if config.train_file else None
+    tests: dict[str, Path] = {}
+    if config.generate is not None:
+        from cattune.data.benchmarks import write_benchmark
+
+        gen = config.generate
+        folder = out / "data"
+        if not (folder / "card.json").exists():
+            options = {"middle_risk": gen.middle_risk} if gen.benchmark == "stg" else {}
+            write_benchmark(gen.benchmark, folder, seed=gen.seed, train_size=gen.train_size, test_size=gen.test_size,
+                            **options)
+        tests = {p.stem: p for p in sorted(folder.glob("test_*.jsonl")) if gen.splits is None or p.stem in gen.splits}
+        train_file = train_file or folder / "train.jsonl"
+    tests.update({k: Path(v) for k, v in config.test_files.items()})
+    if train_file is None:
+        raise FileNotFoundError("the experiment names no training file")
+    return train_file, tests
+
+
+def _train_config(config: ExperimentConfig, arm: str, seed: int, train_file: Path, run_dir: Path) -> TrainConfig:
+    data = to_dict(config.train)
+    data.update(config.arms[arm] or {})
+    data.update(seed=seed, train_file=str(train_file), output_dir=str(run_dir))
+    return from_dict(TrainConfig, data)
+
+
+def _annotated_for_diagnostics(records: list[Record], benchmark: str | None) -> tuple[list[Record], list[dict[str, list[str]]]]:
+    """Records with causes and named non-causal spans, derived from the prompt for STG-style data."""
+    spans: list[dict[str, list[str]]] = []
+    out = []
+    for rec in records:
+        if benchmark:
+            relations, noncausal = _benchmark_module(benchmark).spans(rec.input, rec.target)
+            rec = dataclasses.replace(rec, important=relations)
+        else:
+            noncausal = rec.extra.get("noncausal") or {}
+        if rec.important:
+            out.append(rec)
+            spans.append(noncausal)
+    return out, spans
+
+
+class ExperimentRunner:
+    """Runs one experiment config step by step; every step is resumable."""
+
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True):
+        self.config = config
+        self.out = Path(config.output_dir or Path("runs") / config.name)
+        self.progress = progress
+        self._tokenizer: Any = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from cattune.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.config.train.model)
+        return self._tokenizer
+
+    def _cached(self, path: Path, compute: Callable[[], Any]) -> Any:
+        if path.exists():
+            return json.loads(path.read_text())
+        value = compute()
+        atomic_write_json(path, value)
+        return value
+
+    def _test_records(self, path: Path) -> list[Record]:
+        records = load_records(path)
+        return records[: self.config.eval_limit] if self.config.eval_limit else records
+
+    # -- steps -------------------------------------------------------------------------------
+    def train_arm(self, arm: str, seed: int, train_file: Path) -> Path:
+        from cattune.training import train
+
+        run_dir = arm_dir(self.out, arm, seed, self.config.seeds)
+        if (run_dir / "model").exists() and (run_dir / "train_summary.json").exists():
+            logger.info("%s (seed %d): already trained", arm, seed)
+            return run_dir
+        cfg = _train_config(self.config, arm, seed, train_file, run_dir)
+        logger.info("training %s (seed %d) -> %s", arm, seed, run_dir)
+        start = time.time()
+        train(cfg, resume=True)
+        summary_path = run_dir / "train_summary.json"
+        summary = json.loads(summary_path.read_text())
+        summary.setdefault("seconds", round(time.time() - start, 1))
+        atomic_write_json(summary_path, summary)
+        return run_dir
+
+    def evaluate_arm(self, model_ref: str, run_dir: Path, tests: dict[str, Path]) -> dict[str, Any]:
+        from cattune.evaluate import evaluate_records
+        from cattune.flip import flip_rate
+        from cattune.models import load_model
+
+        cfg = self.config
+        results: dict[str, Any] = {}
+        model = None
+
+        def get_model() -> Any:
+            nonlocal model
+            if model is None:
+                model = load_model(model_ref, merge_adapter=True).eval()
+            return model
+
+        for split, path in tests.items():
+            records = self._test_records(path)
+            eval_dir = run_dir / "eval"
+            predictions = eval_dir / f"{split}.predictions.jsonl"
+
+            def compute_eval() -> dict[str, Any]:
+                res = evaluate_records(get_model(), self.tokenizer, records, task=cfg.task,
+                                       batch_size=cfg.eval_batch_size, predictions_path=predictions)
+                return res.to_json()
+
+            results[split] = dict(self._cached(eval_dir / f"{split}.json", compute_eval))
+            if cfg.flip and split in cfg.flip_splits:
+                perturb = _benchmark_module(cfg.flip).redraw_spurious
+
+                def compute_flip() -> dict[str, Any]:
+                    # The originals' answers are already in the predictions file: generate only the
+                    # perturbed prompts.
+                    originals = [json.loads(line)["generation"] for line in predictions.read_text().splitlines()]
+                    res = flip_rate(get_model(), self.tokenizer, records, perturb, task=results[split]["task"], seed=0,
+                                    batch_size=cfg.eval_batch_size, original_generations=originals,
+                                    per_item_path=eval_dir / f"{split}.flip.jsonl")
+                    return dataclasses.asdict(res)
+
+                results[split]["flip"] = self._cached(eval_dir / f"{split}.flip.json", compute_flip)
+        if cfg.diagnostics:
+            results["_attention"] = self._cached(run_dir / "attention.json", lambda: self.attention(get_model(), tests))
+            results["_heatmap"] = self._cached(run_dir / "heatmap.json", lambda: self.heatmap(get_model(), tests))
+        return results
+
+    def attention(self, model: Any, tests: dict[str, Path]) -> dict[str, Any]:
+        from cattune.diagnostics import attention_shares
+
+        split = self.config.heatmap_split if self.config.heatmap_split in tests else next(iter(tests))
+        records = self._test_records(tests[split])[: self.config.diagnostics_limit]
+        records, spans = _annotated_for_diagnostics(records, self.config.flip)
+        if not records:
+            return {}
+        return attention_shares(model, self.tokenizer, records, spans, backend=self.config.train.attn_backend,
+                                batch_size=self.config.eval_batch_size)
+
+    def heatmap(self, model: Any, tests: dict[str, Path]) -> dict[str, Any]:
+        """The mean attention of one OOD example's supervised rows, with token categories."""
+        from cattune.diagnostics import row_attention_map
+        from cattune.encoding import encode_record
+        from cattune.masks import span_columns
+
+        split = self.config.heatmap_split if self.config.heatmap_split in tests else next(iter(tests))
+        records, spans = _annotated_for_diagnostics(self._test_records(tests[split])[:1], self.config.flip)
+        if not records:
+            return {}
+        record, named = records[0], spans[0]
+        max_length = self.config.train.max_length
+        tokens, rows, matrix = row_attention_map(model, self.tokenizer, record, backend=self.config.train.attn_backend,
+                                                 max_length=max_length)
+        enc = encode_record(self.tokenizer, record, max_length=max_length)
+        categories = {"cause": sorted({c for cols in enc.rows.rows.values() for c in cols})}
+        for name, span_list in named.items():
+            categories[name] = list(span_columns(enc.text, enc.offsets, span_list, max_length=max_length))
+        return {
+            "tokens": tokens,
+            "row_labels": [f"{r}: predicts {tokens[r + 1]!r}" if r + 1 < len(tokens) else str(r) for r in rows],
+            "matrix": matrix.tolist(),
+            "title": f"{split} item 1: target {record.target!r}",
+            "categories": categories,
+        }
+
+    # -- the whole run -----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from cattune.report import write_report
+
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        train_file, tests = prepare_data(cfg, self.out)
+        if not tests:
+            raise FileNotFoundError(f"no test files for experiment {cfg.name}")
+        base: dict[str, Any] = {}
+        if cfg.diagnostics:
+            from cattune.models import load_model
+
+            def base_attention() -> dict[str, Any]:
+                return self.attention(load_model(cfg.train.model).eval(), tests)
+
+            base = {"attention": self._cached(self.out / "base" / "attention.json", base_attention)}
+
+        per_run: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in cfg.arms}
+        for seed in cfg.seeds:
+            for arm in cfg.arms:
+                run_dir = self.train_arm(arm, seed, train_file)
+                per_run[arm][seed] = self.evaluate_arm(str(run_dir), run_dir, tests)
+                per_run[arm][seed]["_train"] = json.loads((run_dir / "train_summary.json").read_text())
+        results = aggregate(cfg, per_run, list(tests), base)
+        atomic_write_json(self.out / "results.json", results)
+        metrics = {arm: _read_metrics(arm_dir(self.out, arm, cfg.seeds[0], cfg.seeds) / "metrics.jsonl") for arm in cfg.arms}
+        heatmaps = {arm: per_run[arm][cfg.seeds[0]].get("_heatmap") for arm in cfg.arms}
+        write_report(results, self.out, metrics=metrics, heatmaps={k: v for k, v in heatmaps.items() if v})
+        return results
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, Any]]], splits: list[str],
+              base: dict[str, Any]) -> dict[str, Any]:
+    """Combine per-arm, per-seed evaluations into the results.json structure."""
+    from cattune.stats import mcnemar_exact, paired_bootstrap, seed_summary
+
+    seeds = config.seeds
+    arms: dict[str, Any] = {}
+    for arm, by_seed in per_run.items():
+        arm_splits: dict[str, Any] = {}
+        for split in splits:
+            evals = [by_seed[s][split] for s in seeds]
+            accs = [e["accuracy"] for e in evals]
+            entry: dict[str, Any] = {
+                "n": evals[0]["n"],
+                "majority_accuracy": evals[0]["majority_accuracy"],
+                "majority_label": evals[0].get("majority_label"),
+                "task": evals[0].get("task"),
+                "per_seed": {str(s): {"accuracy": e["accuracy"]} for s, e in zip(seeds, evals)},
+            }
+            if len(seeds) == 1:
+                entry.update(accuracy=accs[0], ci_low=evals[0]["ci_low"], ci_high=evals[0]["ci_high"], ci_method="wilson")
+            else:
+                summ = seed_summary(accs)
+                entry.update(accuracy=summ["mean"], ci_low=summ["mean"] - 1.96 * summ["se"],
+                             ci_high=summ["mean"] + 1.96 * summ["se"], ci_method="seeds", accuracy_sd=summ["std"])
+            flips = [by_seed[s][split].get("flip") for s in seeds]
+            if all(flips):
+                rates = [f["rate"] for f in flips]
+                for s, f in zip(seeds, flips):
+                    entry["per_seed"][str(s)]["flip_rate"] = f["rate"]
+                if len(seeds) == 1:
+                    entry.update(flip_rate=rates[0], flip_ci_low=flips[0]["ci_low"], flip_ci_high=flips[0]["ci_high"],
+                                 flip_n=flips[0]["n"])
+                else:
+                    summ = seed_summary(rates)
+                    entry.update(flip_rate=summ["mean"], flip_ci_low=summ["mean"] - 1.96 * summ["se"],
+                                 flip_ci_high=summ["mean"] + 1.96 * summ["se"], flip_n=flips[0]["n"], flip_sd=summ["std"])
+            arm_splits[split] = entry
+        first = by_seed[seeds[0]]
+        train = first.get("_train", {})
+        arms[arm] = {
+            "splits": arm_splits,
+            "attention": first.get("_attention") or None,
+            "train": {"steps": train.get("global_step"), "seconds": train.get("seconds"),
+                      "final_train_loss": train.get("train_loss"), "overrides": config.arms[arm]},
+        }
+
+    paired: dict[str, Any] = {}
+    if "baseline" in per_run:
+        for arm in per_run:
+            if arm == "baseline":
+                continue
+            for split in splits:
+                a = [x for s in seeds for x in per_run["baseline"][s][split]["per_item"]]
+                b = [x for s in seeds for x in per_run[arm][s][split]["per_item"]]
+                entry = {
+                    "mcnemar": mcnemar_exact(a, b),
+                    "accuracy_difference": sum(b) / len(b) - sum(a) / len(a),
+                }
+                boot = paired_bootstrap([float(x) for x in a], [float(x) for x in b])
+                entry.update(diff_ci_low=boot["ci_low"], diff_ci_high=boot["ci_high"])
+                fa = [per_run["baseline"][s][split].get("flip") for s in seeds]
+                fb = [per_run[arm][s][split].get("flip") for s in seeds]
+                if all(fa) and all(fb):
+                    # A flip is a failure of invariance: compare "did not flip" per item like accuracy.
+                    ka = [not it["flipped"] for f in fa for it in f["per_item"]]
+                    kb = [not it["flipped"] for f in fb for it in f["per_item"]]
+                    entry["flip_mcnemar"] = mcnemar_exact(ka, kb)
+                key = split if arm == "cat" else f"{arm}:{split}"
+                paired[key] = entry
+
+    return {
+        "name": config.name,
+        "cattune_version": __version__,
+        "git_revision": git_revision(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": to_dict(config),
+        "seeds": seeds,
+        "splits": splits,
+        "arms": arms,
+        "base_model": base or None,
+        "paired": paired,
+        "pooling": "paired tests pool items across seeds" if len(seeds) > 1 else "single seed",
+    }

@@ -1,0 +1,78 @@
+"""``cattune experiment`` end to end on a tiny model and a small generated STG benchmark."""
+
+import json
+
+import pytest
+import yaml
+
+from cattune.cli.main import main
+from tiny_models import save_tiny
+
+
+@pytest.fixture(scope="module")
+def experiment_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    model = save_tiny(tmp, "llama")
+    config = {
+        "name": "tiny",
+        "output_dir": str(tmp / "run"),
+        "generate": {"benchmark": "stg", "train_size": 48, "test_size": 12, "seed": 3},
+        "task": "stg",
+        "flip": "stg",
+        "flip_splits": ["test_ood"],
+        "seeds": [1],
+        "train": {"model": str(model), "max_length": 96, "max_steps": 3, "batch_size": 8, "lora": False,
+                  "logging_steps": 1, "save_steps": 1000, "tensorboard": False, "num_threads": 1},
+        "eval_batch_size": 6,
+        "diagnostics_limit": 4,
+    }
+    path = tmp / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["experiment", "--config", str(path)]) == 0
+    return tmp / "run", path
+
+
+def test_results_json_has_every_figure(experiment_run):
+    out, _ = experiment_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"baseline", "cat"}
+    assert {"test_iid", "test_ood", "test_ood_anticorrelated", "test_ood_in_range"} <= set(results["splits"])
+    for arm in ("baseline", "cat"):
+        for split in results["splits"]:
+            entry = results["arms"][arm]["splits"][split]
+            for key in ("accuracy", "ci_low", "ci_high", "n", "majority_accuracy"):
+                assert key in entry
+            assert entry["n"] == 12 and entry["ci_low"] <= entry["accuracy"] <= entry["ci_high"]
+        assert "flip_rate" in results["arms"][arm]["splits"]["test_ood"]
+        assert results["arms"][arm]["attention"]["share"]["cause"] >= 0
+    assert results["paired"]["test_ood"]["mcnemar"]["p_value"] <= 1
+    assert results["cattune_version"] and "git_revision" in results and results["config"]["name"] == "tiny"
+    assert results["base_model"]["attention"]["share"]
+
+
+def test_accuracy_matches_the_predictions_files(experiment_run):
+    out, _ = experiment_run
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("baseline", "cat"):
+        for split in results["splits"]:
+            rows = [json.loads(line) for line in (out / arm / "eval" / f"{split}.predictions.jsonl").read_text().splitlines()]
+            assert results["arms"][arm]["splits"][split]["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows))
+
+
+def test_report_and_plots_written(experiment_run):
+    out, _ = experiment_run
+    report = (out / "report.md").read_text()
+    assert "baseline" in report and "cat" in report
+    for png in ("accuracy.png", "attention_training.png", "attention_heatmaps.png"):
+        assert (out / png).stat().st_size > 5000, png
+    assert (out / "baseline" / "model").is_dir() and (out / "cat" / "model").is_dir()
+
+
+def test_rerun_resumes_without_retraining(experiment_run):
+    out, config = experiment_run
+    stamp = (out / "cat" / "train_summary.json").stat().st_mtime_ns
+    (out / "results.json").unlink()
+    (out / "cat" / "eval" / "test_iid.json").unlink()  # as if killed during this evaluation
+    assert main(["experiment", "--config", str(config)]) == 0
+    assert (out / "cat" / "train_summary.json").stat().st_mtime_ns == stamp
+    assert (out / "results.json").exists() and (out / "cat" / "eval" / "test_iid.json").exists()
