@@ -30,6 +30,8 @@ def test_numbers_as_causes_become_strings():
     ("", "the reply is empty"),
     ("I cannot help with that.", "not valid JSON"),
     ('{"important": [{"84.0": ["89 apples"]', "not valid JSON"),  # truncated: no inner fragment may pass
+    ('{"important": [{"84.0": ["89 apples"]}, {"Answer": ["How', "not valid JSON"),
+    ('Result: [{"84.0": ["89 apples"]}, {"Answer": ["How', "not valid JSON"),
     ('{"important": []}', "holds no relation"),
     ("[]", "holds no relation"),
     ('{"important": ["84.0"]}', "must be an object"),
@@ -40,6 +42,11 @@ def test_numbers_as_causes_become_strings():
 def test_unusable_replies_raise_with_a_reason(reply, message):
     with pytest.raises(ReplyError, match=message):
         parse_reply(reply)
+
+
+def test_json_after_prose_with_brackets_is_found():
+    assert parse_reply('Spans use {braces} [sic]. Answer: {"important": [{"b": ["a"]}]}') == [("b", ["a"])]
+    assert parse_reply('{"important": [{"a \\" [x]": ["b"]}]}') == [('a " [x]', ["b"])]
 
 
 def test_extract_json_prefers_an_annotation_over_other_json():

@@ -42,7 +42,7 @@ class ScriptedBackend:
         reply = replies[min(n, len(replies) - 1)]
         if isinstance(reply, Exception):
             raise reply
-        return Completion(reply, Usage(100, 10, 1))
+        return reply if isinstance(reply, Completion) else Completion(reply, Usage(100, 10, 1))
 
 
 def _rec(i, **extra):
@@ -74,6 +74,15 @@ def test_unusable_replies_are_sent_back_then_fail_with_the_reason(examples):
     assert outcome.status == "failed" and outcome.failure_kind == "reply" and len(backend.calls) == 2
     assert outcome.reason.startswith("no usable annotation in 2 replies: no annotation found")
     assert outcome.relations == ()
+
+
+def test_a_reply_cut_off_by_the_length_limit_is_named_as_such(examples):
+    rec = parse_record(_rec(2))
+    cut = Completion('{"important": [{"4": ["2 pens"]}, {"How', Usage(100, 50, 1), truncated=True)
+    backend = ScriptedBackend({rec.text: [cut, _good(2)]})
+    outcome = LLMAnnotator(backend, examples).annotate(rec)
+    assert outcome.status == "annotated" and outcome.relations[0].causes == ("2 pens", "buys 2 more")
+    assert "cut off at the length limit" in backend.calls[1][1][-1]["content"]
 
 
 def test_partly_valid_reply_keeps_valid_spans_and_counts_the_rest(examples):

@@ -114,6 +114,7 @@ class OpenAIChatBackend:
         return Completion(
             text=choices[0].message.content or "",
             usage=Usage(getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0, 1),
+            truncated=getattr(choices[0], "finish_reason", None) == "length",
         )
 
     def complete(self, messages: Sequence[dict[str, str]]) -> Completion:

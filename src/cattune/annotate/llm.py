@@ -29,10 +29,11 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class Completion:
-    """One chat reply and what it cost."""
+    """One chat reply, what it cost, and whether it was cut off by the length limit."""
 
     text: str
     usage: Usage
+    truncated: bool = False
 
 
 class TransportError(Exception):
@@ -133,6 +134,8 @@ class LLMAnnotator:
                 proposed = parse_reply(reply)
             except ReplyError as exc:
                 error, dropped = str(exc), ()
+                if completion.truncated:
+                    error = f"the reply was cut off at the length limit, list fewer and shorter relations ({error})"
             else:
                 checked = validate_relations(record.text, proposed)
                 if checked.relations:
@@ -141,5 +144,5 @@ class LLMAnnotator:
                 error, dropped = _describe_dropped(checked.dropped), checked.dropped
             messages = [*messages, {"role": "assistant", "content": reply},
                         {"role": "user", "content": feedback_message(error)}]
-        plural = "reply" if replies == 1 else f"{replies} replies"
+        plural = "the reply" if replies == 1 else f"{replies} replies"
         return failure(f"no usable annotation in {plural}: {error}", REPLY, reply=reply, usage=usage, dropped=dropped)

@@ -32,15 +32,49 @@ def _whole_decodes(reply: str) -> Iterator[Any]:
                 pass
 
 
+def _region_end(text: str, start: int) -> int:
+    """Where the bracketed region opened at ``start`` closes (brackets inside JSON strings
+    ignored), or ``len(text)`` when it never closes (a reply cut off mid-JSON)."""
+    depth, in_string, escaped = 0, False, False
+    for pos in range(start, len(text)):
+        ch = text[pos]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                return pos + 1
+    return len(text)
+
+
 def _embedded_decodes(reply: str) -> Iterator[Any]:
-    """JSON objects and arrays embedded in prose, decoded from each opening bracket in turn."""
+    """JSON objects and arrays embedded in prose, outermost first.
+
+    Nothing inside a region already tried is tried again: the inner objects of a decoded value
+    are not separate candidates, and neither are the fragments of broken or truncated JSON (a
+    reply cut off after its first relation must fail, not pass as that one relation).
+    """
     decoder = json.JSONDecoder()
     for variant in (reply, _TRAILING_COMMA.sub(r"\1", reply)):
+        skip_until = 0
         for match in re.finditer(r"[\[{]", variant):
-            try:
-                value, _ = decoder.raw_decode(variant, match.start())
-            except json.JSONDecodeError:
+            if match.start() < skip_until:
                 continue
+            try:
+                value, end = decoder.raw_decode(variant, match.start())
+            except json.JSONDecodeError:
+                skip_until = _region_end(variant, match.start())
+                continue
+            skip_until = end
             yield value
 
 
@@ -48,9 +82,8 @@ def extract_json(reply: str) -> Any:
     """The JSON annotation in ``reply``.
 
     The first decoded value shaped like an annotation wins (most replies decode whole on the first
-    try). Failing that, a reply that is JSON as a whole is returned so its shape can be reported;
-    a fragment inside broken JSON is never returned (a truncated reply must not pass as its first
-    inner list). Raises :class:`ReplyError` when no usable JSON is found.
+    try). Failing that, a reply that is JSON as a whole is returned so its shape can be reported.
+    Raises :class:`ReplyError` when no usable JSON is found.
     """
     whole: list[Any] = []
     for value in _whole_decodes(reply):
