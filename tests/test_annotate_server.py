@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -162,7 +161,7 @@ def test_run_killed_midway_resumes_to_the_same_output(dataset, reference, tmp_pa
         assert not out.exists()  # nothing half-written
         time.sleep(0.5)  # let requests the dead client had sent reach the log
         boundary = len(server.log)
-        cached_keys = set(AnnotationCache(cache_path)._entries)
+        cached_keys = AnnotationCache(cache_path).keys()
 
         second = subprocess.run(_cli(folder, out, server.url), env=env, capture_output=True, timeout=120)
         assert second.returncode == 0, second.stderr.decode()[-2000:]
@@ -199,7 +198,7 @@ def test_run_killed_midway_resumes_to_the_same_output(dataset, reference, tmp_pa
     assert b"items 1000: annotated 925, failed 75" in second.stdout
 
 
-def test_refused_credentials_stop_the_run(tmp_path, capsys):
+def test_refused_credentials_stop_the_run(tmp_path, capsys, monkeypatch):
     items = [make_item(i) for i in range(40)]
     src = tmp_path / "items.jsonl"
     src.write_text("".join(json.dumps(item) + "\n" for item in items))
@@ -211,7 +210,7 @@ def test_refused_credentials_stop_the_run(tmp_path, capsys):
             annotate_records(load_records(src), LLMAnnotator(backend, load_example_set(tmp_path / "examples.yaml")),
                              concurrency=4, progress=False)
         assert len(server.log) < 40  # the run stopped instead of failing every item
-        os.environ.pop("CATTUNE_TEST_MISSING_KEY", None)
+        monkeypatch.delenv("CATTUNE_TEST_MISSING_KEY", raising=False)
         code = main(["annotate", "--in", str(src), "--out", str(tmp_path / "out.jsonl"), "--examples",
                      str(tmp_path / "examples.yaml"), "--endpoint", server.url, "--model", "m",
                      "--api-key-env", "CATTUNE_TEST_MISSING_KEY", "--no-progress"])

@@ -57,6 +57,9 @@ class AnnotationCache:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def keys(self) -> set[str]:
+        return set(self._entries)
+
     def get(self, key: str) -> ItemOutcome | None:
         return self._entries.get(key)
 

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -169,9 +169,7 @@ def annotate_records(
         logger.info("%d of %d items taken from the cache %s", done_items, len(records), cache.path if cache else "")
 
     failed = sum(o is not None and o.status != ANNOTATED for o in outcomes)
-    bar = tqdm(total=len(records), initial=done_items, desc="annotate", unit="item", disable=not progress, dynamic_ncols=True)
-    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="annotate")
-    futures: dict[Future[ItemOutcome], tuple[Any, list[int]]] = {}
+
     def annotate_and_record(record: Record, job: Any) -> ItemOutcome:
         outcome = annotator.annotate(record)
         # Cached by the worker before it takes its next item: at any moment at most `concurrency`
@@ -180,27 +178,22 @@ def annotate_records(
             cache.put(job, outcome)
         return outcome
 
+    bar = tqdm(total=len(records), initial=done_items, desc="annotate", unit="item", disable=not progress, dynamic_ncols=True)
+    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="annotate")
+    futures: dict[Future[ItemOutcome], list[int]] = {}
     try:
         for job, indices in pending:
-            futures[executor.submit(annotate_and_record, records[indices[0]], job)] = (job, indices)
-        remaining = set(futures)
-        while remaining:
-            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-            error: BaseException | None = None
-            for future in finished:
-                job, indices = futures[future]
-                if future.exception() is not None:
-                    # Record the other finished items first: they must not be lost with the run.
-                    error = error or future.exception()
-                    continue
-                outcome = future.result()
-                for i in indices:
-                    outcomes[i] = outcome
-                failed += len(indices) * (outcome.status != ANNOTATED)
-                bar.update(len(indices))
-                bar.set_postfix(failed=failed, refresh=False)
-            if error is not None:
-                raise error  # AnnotateError (credentials, unknown model) or a bug: the whole run stops
+            futures[executor.submit(annotate_and_record, records[indices[0]], job)] = indices
+        for future in as_completed(futures):
+            # AnnotateError (credentials, unknown model) or a bug stops the whole run; finished
+            # items are already in the cache.
+            outcome = future.result()
+            indices = futures[future]
+            for i in indices:
+                outcomes[i] = outcome
+            failed += len(indices) * (outcome.status != ANNOTATED)
+            bar.update(len(indices))
+            bar.set_postfix(failed=failed, refresh=False)
     except BaseException:
         annotator.close()
         executor.shutdown(wait=False, cancel_futures=True)

@@ -58,20 +58,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "(default smollm2-135m)")
     be.add_argument("--api-key-env", metavar="NAME", default="OPENAI_API_KEY",
                     help="environment variable holding the API key (default OPENAI_API_KEY); the key is never written anywhere")
-    be.add_argument("--temperature", type=float, default=0.0, help="sampling temperature at the endpoint (default 0)")
-    be.add_argument("--max-tokens", type=int, default=1024, help="reply length limit at the endpoint (default 1024)")
-    be.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit of --backend local (default 256)")
-    be.add_argument("--max-reply-retries", type=int, default=2,
+    be.add_argument("--temperature", type=float, metavar="T", default=0.0, help="sampling temperature at the endpoint (default 0)")
+    be.add_argument("--max-tokens", type=int, metavar="N", default=1024, help="reply length limit at the endpoint (default 1024)")
+    be.add_argument("--max-new-tokens", type=int, metavar="N", default=256, help="reply length limit of --backend local (default 256)")
+    be.add_argument("--max-reply-retries", type=int, metavar="N", default=2,
                     help="times an unusable reply is sent back with the reason before the item fails (default 2)")
 
-    sc = p.add_argument_group("scale and faults (openai backend)")
-    sc.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
-    sc.add_argument("--timeout", type=float, default=60.0, help="seconds before a request times out (default 60)")
-    sc.add_argument("--max-attempts", type=int, default=6,
+    sc = p.add_argument_group("scale, faults and resuming (LLM backends)")
+    sc.add_argument("--concurrency", type=int, metavar="N", default=8, help="items in flight at once (default 8; --backend local runs one)")
+    sc.add_argument("--timeout", type=float, metavar="S", default=60.0, help="seconds before a request times out (default 60)")
+    sc.add_argument("--max-attempts", type=int, metavar="N", default=6,
                     help="tries per request on timeouts, connection errors, 429 and 5xx (default 6)")
-    sc.add_argument("--backoff-base", type=float, default=1.0, help="first backoff ceiling in seconds, doubled per retry (default 1)")
-    sc.add_argument("--backoff-max", type=float, default=60.0, help="largest backoff ceiling in seconds (default 60)")
-    sc.add_argument("--max-retry-after", type=float, default=300.0,
+    sc.add_argument("--backoff-base", type=float, metavar="S", default=1.0, help="first backoff ceiling in seconds, doubled per retry (default 1)")
+    sc.add_argument("--backoff-max", type=float, metavar="S", default=60.0, help="largest backoff ceiling in seconds (default 60)")
+    sc.add_argument("--max-retry-after", type=float, metavar="S", default=300.0,
                     help="longest Retry-After honoured; longer fails the item (default 300 s)")
     sc.add_argument("--cache", metavar="FILE", help="resume cache (default OUT_STEM.annotate-cache.jsonl beside --out)")
     sc.add_argument("--no-cache", action="store_true", help="neither read nor write a cache")
@@ -86,9 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     cm = p.add_argument_group("compare")
     cm.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare annotation B with reference A")
-    cm.add_argument("--tokenizer", default="smollm2-135m",
+    cm.add_argument("--tokenizer", default="smollm2-135m", metavar="NAME",
                     help="tokenizer for supervised-row counts (default smollm2-135m; 'none' to skip)")
-    cm.add_argument("--max-length", type=int, default=256, help="token length cut for row counts (default 256)")
+    cm.add_argument("--max-length", type=int, metavar="N", default=256, help="token length cut for row counts (default 256)")
     p.set_defaults(func=run)
 
 
