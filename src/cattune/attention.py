@@ -7,11 +7,12 @@ selected layer and head. Two backends supply them:
     The model runs its ordinary SDPA kernels through a custom attention function registered with
     transformers' ``AttentionInterface`` under the name ``"cat_sdpa"`` (with the SDPA mask builder,
     so padding and sliding-window masks reach it exactly as they reach ``"sdpa"``). Outside a
-    capture it *is* SDPA. Inside :func:`capture_row_attention` it also keeps references to each
-    selected layer's query and key tensors; :meth:`RowAttentionCapture.masses` then recomputes,
-    for the supervised rows only, ``softmax(q_i K^T * scale + mask_i)`` in fp32 with gradients:
-    O(R * H * T * D) per layer, never a ``[B, H, T, T]`` tensor. Grouped-query attention is
-    handled by grouping the query heads over their shared key head instead of repeating keys.
+    capture it *is* SDPA. Inside :func:`capture_row_attention` it also keeps, for each selected
+    layer, the supervised rows' queries and a reference to the keys; then
+    :meth:`RowAttentionCapture.masses` recomputes, for the supervised rows only,
+    ``softmax(q_i K^T * scale + mask_i)`` in fp32 with gradients: O(R * H * T * D) per layer,
+    never a ``[B, H, T, T]`` tensor. Grouped-query attention is handled by grouping the query
+    heads over their shared key head instead of repeating keys.
 ``"eager"`` (reference and fallback)
     The released recipe: the model runs eager attention with ``output_attentions=True`` and the
     rows are read from the returned ``[B, H, T, T]`` maps of every layer.
@@ -22,11 +23,12 @@ for models that apply dropout to the returned weights (GPT-2 with ``attn_pdrop >
 mode) is after dropout, as in the released code. With dropout 0 the two are the same.
 
 Gradient checkpointing: only non-reentrant checkpointing is supported (transformers' default).
-The capture stores tensor references and runs no extra operation inside the checkpointed layer,
-so the backward replay does exactly what the first forward did; a replay inside the capture is
-recognised (it runs inside autograd's backward) and not recorded again. Reentrant checkpointing
-runs the first forward without autograd, which would silently drop the attention term's
-gradient; it is refused with an explanation.
+Inside the checkpointed layer the capture only keeps a reference to the keys and gathers the
+query rows with operations that save nothing for backward, so a backward replay that skips them
+saves exactly what the first forward saved; a replay inside the capture is recognised (it runs
+inside autograd's backward) and not recorded again. Reentrant checkpointing runs the first
+forward without autograd, which would silently drop the attention term's gradient; it is
+refused with an explanation.
 
 The method's row supervision (rows -> cause columns) is unrelated to the Hugging Face
 ``attention_mask`` (padding); the latter is only used here to know which keys are real tokens.
@@ -270,10 +272,8 @@ class RowMasses:
 
         Masses are averaged over layers, and over heads unless ``per_head`` ([R] or [R, H]).
         """
-        causal = self.mass["cause"].mean(0)
-        other = self.other.mean(0)
-        if not per_head:
-            causal, other = causal.mean(-1), other.mean(-1)
+        dims = 0 if per_head else (0, 2)
+        causal, other = self.mass["cause"].mean(dim=dims), self.other.mean(dim=dims)
         n_causal = self.n_columns["cause"]
         return causal, other, n_causal, self.n_allowed - n_causal
 
@@ -338,7 +338,7 @@ def row_masses(
 
 @dataclass
 class _LayerInputs:
-    query: torch.Tensor  # [B, H, T, D]
+    query_rows: torch.Tensor  # [R, H, D], the supervised rows' queries
     key: torch.Tensor  # [B, Hkv, T, D]
     mask: torch.Tensor | None  # [B or 1, 1 or H, T, T] bool or additive float, or None (causal)
     scaling: float
@@ -347,13 +347,13 @@ class _LayerInputs:
 
 def _recompute_row_probabilities(inputs: _LayerInputs, rows: torch.Tensor) -> torch.Tensor:
     """fp32 softmax probabilities [R, H, T] of the supervised rows of one layer."""
-    query, key = inputs.query, inputs.key
-    n_heads, n_kv, n_keys, dim = query.shape[1], key.shape[1], key.shape[2], query.shape[3]
+    q_rows, key = inputs.query_rows, inputs.key
+    n_heads, n_kv, n_keys, dim = q_rows.shape[1], key.shape[1], key.shape[2], q_rows.shape[2]
     if n_heads % n_kv:
         raise CATAttentionError(f"{n_heads} query heads do not group over {n_kv} key heads")
     group = n_heads // n_kv
     if len(rows) == 0:
-        return query.new_zeros(0, n_heads, n_keys, dtype=torch.float32)
+        return key.new_zeros(0, n_heads, n_keys, dtype=torch.float32)
     b, pos = rows[:, 0], rows[:, 1]
     # Rows are packed per example into slots so that one batched matmul per example computes
     # only their scores: [E, H, S, D] @ [E, Hkv, D, T] (query heads grouped over their key head).
@@ -364,10 +364,9 @@ def _recompute_row_probabilities(inputs: _LayerInputs, rows: torch.Tensor) -> to
     slot_of_row = torch.empty_like(example_of_row)
     slot_of_row[order] = torch.arange(len(rows), device=rows.device) - starts[example_of_row[order]]
     n_slots = int(counts.max())
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        q_rows = query[b, :, pos, :].float()  # [R, H, D]
-        slots = torch.zeros(len(examples), n_slots, n_heads, dim, dtype=torch.float32, device=query.device)
-        slots = slots.index_put((example_of_row, slot_of_row), q_rows)  # [E, S, H, D]
+    with torch.autocast(device_type=key.device.type, enabled=False):
+        slots = torch.zeros(len(examples), n_slots, n_heads, dim, dtype=torch.float32, device=key.device)
+        slots = slots.index_put((example_of_row, slot_of_row), q_rows.float())  # [E, S, H, D]
         slots = slots.permute(0, 2, 1, 3).reshape(len(examples), n_kv, group * n_slots, dim)
         keys = key if len(examples) == key.shape[0] else key.index_select(0, examples)
         scores = torch.matmul(slots, keys.float().transpose(-1, -2)) * inputs.scaling  # [E, Hkv, G*S, T]
@@ -376,7 +375,7 @@ def _recompute_row_probabilities(inputs: _LayerInputs, rows: torch.Tensor) -> to
         mask = inputs.mask
         if mask is None:
             if inputs.is_causal:
-                t = torch.arange(n_keys, device=query.device)
+                t = torch.arange(n_keys, device=key.device)
                 scores = scores.masked_fill((t[None, :] > pos[:, None])[:, None, :], lowest)
         else:
             mask_b = b if mask.shape[0] > 1 else torch.zeros_like(b)
@@ -399,6 +398,8 @@ class RowAttentionCapture:
         self.layers = layers
         self.forward_kwargs: dict[str, Any] = {"output_attentions": True} if backend == "eager" else {}
         self._layer_set = frozenset(layers)
+        self._row_list = [tuple(r) for r in supervision.rows.tolist()]
+        self._max_row = tuple(max(r[k] for r in self._row_list) for k in (0, 1)) if self._row_list else (0, 0)
         self._inputs: dict[int, _LayerInputs] = {}
         self._open = True
 
@@ -413,6 +414,9 @@ class RowAttentionCapture:
         if layer in self._inputs:
             raise CATAttentionError(f"layer {layer} ran twice inside one capture_row_attention block; "
                                     "run exactly one forward per capture")
+        if self._row_list and (self._max_row[0] >= query.shape[0] or self._max_row[1] >= query.shape[2]):
+            raise CATAttentionError(f"supervised rows reach (batch {self._max_row[0]}, position {self._max_row[1]}) "
+                                    f"but the batch is {query.shape[0]} x {query.shape[2]}")
         if query.shape[2] != key.shape[2]:
             raise CATAttentionError("capture_row_attention covers one full forward without a KV cache "
                                     f"(layer {layer} saw {query.shape[2]} queries and {key.shape[2]} keys)")
@@ -420,8 +424,13 @@ class RowAttentionCapture:
         if unsupported:
             raise CATAttentionError(f"{type(self.model).__name__} passes {unsupported} to its attention, which the "
                                     "'recompute' backend does not reproduce; use attention_backend='eager'")
+        # Keep only the supervised rows' queries, not the layer's whole query tensor. Basic
+        # indexing and stack save no tensors for backward, so a checkpointed layer's replay (which
+        # skips this) still saves exactly what its first forward saved.
+        query_rows = (torch.stack([query[b, :, pos, :] for b, pos in self._row_list]) if self._row_list
+                      else query.new_zeros(0, query.shape[1], query.shape[3]))
         self._inputs[layer] = _LayerInputs(
-            query=query,
+            query_rows=query_rows,
             key=key,
             mask=mask,
             scaling=float(scaling) if scaling is not None else query.shape[-1] ** -0.5,
@@ -440,7 +449,7 @@ class RowAttentionCapture:
                     "AttentionInterface); use attention_backend='eager' for this model")
             for layer in self.layers:
                 inputs = self._inputs[layer]
-                yield _recompute_row_probabilities(inputs, rows.to(inputs.query.device))
+                yield _recompute_row_probabilities(inputs, rows.to(inputs.key.device))
             return
         attentions = getattr(outputs, "attentions", None) if outputs is not None else None
         if outputs is None:
@@ -462,8 +471,8 @@ class RowAttentionCapture:
         if attention_mask is not None:
             return attention_mask.bool()
         if self.backend == "recompute" and self._inputs:
-            query = next(iter(self._inputs.values())).query
-            return torch.ones(query.shape[0], query.shape[2], dtype=torch.bool, device=query.device)
+            key = next(iter(self._inputs.values())).key
+            return torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
         attentions = getattr(outputs, "attentions", None)
         if attentions:
             maps = attentions[0]

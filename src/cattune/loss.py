@@ -104,16 +104,11 @@ def reattention_loss(
     active = valid & (ratio < alpha)
     # Rows that contribute nothing still pass through the formula (it is vectorised); give them
     # harmless stand-in values so their unused branch cannot produce inf/NaN gradients.
-    zero = torch.zeros((), dtype=dtype, device=cm.device)
-    one = torch.ones((), dtype=dtype, device=cm.device)
-    row_loss = _ROW_LOSS[loss_type](torch.where(active, a_c, zero), torch.where(active, a_n, one), alpha)
-    row_loss = torch.where(active, row_loss, zero)
-
-    n_valid = valid.sum()
-    loss = row_loss.sum() / n_valid.clamp_min(1).to(dtype)
-    n_valid_int = int(n_valid)
-    satisfied = float((valid & ~active).sum()) / n_valid_int if n_valid_int else math.nan
-    logged_ratio = torch.where(valid, ratio, torch.full((), math.nan, dtype=dtype, device=cm.device)).detach()
+    row_loss = _ROW_LOSS[loss_type](torch.where(active, a_c, 0.0), torch.where(active, a_n, 1.0), alpha)
+    n_valid = int(valid.sum())
+    loss = torch.where(active, row_loss, 0.0).sum() / max(n_valid, 1)
+    satisfied = float((valid & ~active).sum()) / n_valid if n_valid else math.nan
+    logged_ratio = torch.where(valid, ratio, math.nan).detach()
     return ReAttentionOutput(loss=loss, ratio=logged_ratio, valid=valid, satisfied_fraction=satisfied)
 
 
