@@ -1,4 +1,4 @@
-"""``cattune data``: generate the synthetic benchmarks and check annotation coverage."""
+"""``cattune data``: generate the synthetic benchmarks, prepare the downstream tasks and check annotation coverage."""
 
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ def _add_generator(sub: argparse._SubParsersAction, name: str, module: Any, summ
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="generate STG / STG_H data and check annotation coverage",
-        description="Generate the synthetic benchmarks (stg, stg-h) and report how well a file's "
-                    "annotations map to token-level supervision for a tokenizer (check).",
+        help="generate STG / STG_H data, prepare downstream tasks and check annotation coverage",
+        description="Generate the synthetic benchmarks (stg, stg-h), prepare the downstream tasks from the "
+                    "released files (task) and report how well a file's annotations map to token-level "
+                    "supervision for a tokenizer (check).",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -91,6 +92,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--worst", type=int, default=5, metavar="K", help="offending records listed per file (default: 5)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     p.set_defaults(func=run_check)
+
+    from cattune.tasks import TASKS
+
+    p = sub.add_parser(
+        "task",
+        help="prepare a downstream task (MAWPS, SVAMP, GSM8K, ASDiv, ARC-E) from the released files",
+        description="Write DIR/train.jsonl, DIR/test_iid.jsonl, DIR/test_ood.jsonl (MAWPS, SVAMP), DIR/val.jsonl\n"
+                    "(MAWPS, SVAMP, ARC-E) and DIR/card.json + DIR/card.md from the released files.\n\n"
+                    "Prompts become '<question> Answer: ' with bare answers (ARC-E: options one per line,\n"
+                    "letter answers). Test items whose question is in the training file, or earlier in the\n"
+                    "same split, are removed. OOD for MAWPS is all of SVAMP and for SVAMP all of MAWPS.\n"
+                    "Every split is shuffled with the seed, so its first N items are a random sample.\n"
+                    "Details: docs/TASKS.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", choices=list(TASKS), metavar="NAME", help=f"task: {', '.join(TASKS)}")
+    p.add_argument("--release", required=True, metavar="DIR",
+                   help="the released CAT data folder (holds MAWPS/, SVAMP/, GSM8k/, ASDiv/, ARC_E/)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder (created if needed; files of the same names are replaced)")
+    p.add_argument("--train-limit", type=int, metavar="N", help="keep a random N training items (default: all)")
+    p.add_argument("--test-limit", type=int, metavar="M", help="keep a random M items of every test split (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default: 0)")
+    p.set_defaults(func=run_task)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -189,4 +214,37 @@ def run_check(args: argparse.Namespace) -> int:
         path = atomic_write_json(args.json, {"model": args.model, "max_length": args.max_length,
                                              "skip_adjacent": not args.keep_adjacent, "files": reports})
         print(f"\nfigures written to {path}")
+    return 0
+
+
+def run_task(args: argparse.Namespace) -> int:
+    from cattune.cli.main import UserError
+    from cattune.tasks import prepare_task
+
+    for option, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be at least 1")
+    card = prepare_task(args.name, args.release, args.out, train_limit=args.train_limit,
+                        test_limit=args.test_limit, seed=args.seed)
+    out = Path(args.out)
+    print(f"{card['task']}: {card['description']} -> {out}")
+    print(f"  prompt '{card['prompt_format']}', checker {card['checker']['name']}, seed {card['seed']}")
+    header = ("file", "source", "released", "in train", "repeated", "size", "annotated", "spans lost")
+    rows = []
+    for split, s in card["splits"].items():
+        source = s["source"] if s["part"] == "all" else f"{s['source']} ({s['part']})"
+        norm = s["normalisation"]
+        rows.append((card["files"][split], source, str(s["released"]), str(s["removed_in_train"]),
+                     str(s["removed_repeated"]), str(s["size"]), f"{s['annotated']} ({100 * s['annotated_share']:.0f}%)",
+                     f"{norm['spans_lost']}/{norm['spans']}" if norm["spans"] else "-"))
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    print(("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths))).rstrip())
+    for row in rows:
+        cells = (c.rjust(w) if 2 <= i <= 5 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        print(("  " + "  ".join(cells)).rstrip())
+    print("  (in train / repeated: test items removed because their question is in the training file / "
+          "earlier in the split)")
+    for note in card["notes"]:
+        print(f"  - {note}")
+    print(f"  card: {out / 'card.json'} (also card.md); supervised rows: cattune data check {out / 'train.jsonl'}")
     return 0
