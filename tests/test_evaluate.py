@@ -8,10 +8,19 @@ import torch
 import cattune.evaluate as evaluate_module
 from cattune.checkers import get_checker
 from cattune.data.records import Record, load_records, write_records
-from cattune.evaluate import evaluate_files, evaluate_records, generate, majority_baseline, output_names
+from cattune.evaluate import (
+    MIN_SHARED_PREFIX,
+    _shared_prefix_length,
+    evaluate_files,
+    evaluate_records,
+    generate,
+    majority_baseline,
+    output_names,
+)
 from cattune.stats import wilson_interval
 from tiny_models import TINY_MODELS, save_tiny, tiny_llama, tiny_tokenizer
 
+STG_PREFIX = "Please predict the probability of cancer. "
 STG_NAMES = ["Smoking", "Weight", "Exercise", "Yellow fingers", "Clothing size", "Hormones", "Certain gene", "Room size"]
 
 
@@ -39,16 +48,60 @@ def test_batched_generation_equals_one_at_a_time(kind):
     assert len(set(batched)) > 6
 
 
+@pytest.mark.parametrize("kind", sorted(TINY_MODELS))
+def test_rows_finishing_early_leave_the_batch_without_changing_the_others(kind):
+    model = TINY_MODELS[kind](initializer_range=0.2, seed=1)
+    tok = tiny_tokenizer()
+    prompts = stg_prompts(10, seed=4)
+    free = generate(model, tok, prompts, max_new_tokens=6, batch_size=1, progress=False)
+    # A stop string found early in some continuations and absent from others, so rows end at
+    # different steps and the batch shrinks while the rest go on.
+    stop = next(ch for text in free for ch in text[:3] if ch.strip() and 0 < sum(ch in t for t in free) < len(free))
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=10, stop_strings=(stop,), progress=False)
+    single = generate(model, tok, prompts, max_new_tokens=6, batch_size=1, stop_strings=(stop,), progress=False)
+    assert batched == single
+    assert any(stop in t for t in batched) and any(stop not in t for t in batched)
+
+
+@pytest.mark.parametrize("kind", sorted(TINY_MODELS))
+def test_shared_prefix_cache_gives_the_same_continuations(kind):
+    model = TINY_MODELS[kind](initializer_range=0.2)
+    tok = tiny_tokenizer()
+    prompts = [f"{STG_PREFIX}{p}" for p in stg_prompts(9, seed=6)]
+    assert _shared_prefix_length([tok(p)["input_ids"] for p in prompts]) >= MIN_SHARED_PREFIX
+    shared = generate(model, tok, prompts, max_new_tokens=5, batch_size=4, progress=False)
+    assert shared == generate(model, tok, prompts, max_new_tokens=5, batch_size=4, share_prefix=False, progress=False)
+    assert shared == generate(model, tok, prompts, max_new_tokens=5, batch_size=1, progress=False)
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token():
+    assert _shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert _shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert _shared_prefix_length([[7], [7]]) == 0
+    assert _shared_prefix_length([[1, 2], [3, 2]]) == 0
+
+
 def test_generation_equals_transformers_greedy_generate():
     model = tiny_llama(initializer_range=0.2)
     tok = tiny_tokenizer()
-    prompts = stg_prompts(3, seed=1)
+    prompts = [f"{STG_PREFIX}{p}" for p in stg_prompts(3, seed=1)]  # with a shared prefix cache
     ours = generate(model, tok, prompts, max_new_tokens=5, batch_size=3, progress=False)
     for prompt, text in zip(prompts, ours):
         ids = torch.tensor([tok(prompt)["input_ids"]])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == text
+
+
+class ScriptedCache:
+    """The stand-in model's cache: which script each live row follows, and how far it is."""
+
+    def __init__(self, keys: list[int]):
+        self.keys = keys
+        self.step = 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.keys = [self.keys[i] for i in indices.tolist()]
 
 
 class ScriptedLM(torch.nn.Module):
@@ -61,18 +114,19 @@ class ScriptedLM(torch.nn.Module):
         self.vocab_size = vocab_size
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.config = SimpleNamespace(eos_token_id=None)
-        self.calls = 0
+        self.calls: list[int] = []  # rows computed per call
 
     def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True, logits_to_keep=1):
-        self.calls += 1
+        self.calls.append(input_ids.shape[0])
         if past_key_values is None:
-            past_key_values = {"keys": attention_mask.sum(-1).tolist(), "step": 0}
+            past_key_values = ScriptedCache(attention_mask.sum(-1).tolist())
         else:
-            past_key_values = {**past_key_values, "step": past_key_values["step"] + 1}
+            past_key_values.step += 1
+        assert len(past_key_values.keys) == input_ids.shape[0] == attention_mask.shape[0] == position_ids.shape[0]
         logits = torch.zeros(input_ids.shape[0], 1, self.vocab_size)
-        for row, key in enumerate(past_key_values["keys"]):
+        for row, key in enumerate(past_key_values.keys):
             script = self.scripts[key]
-            step = past_key_values["step"]
+            step = past_key_values.step
             logits[row, 0, script[step] if step < len(script) else 0] = 1.0
         return SimpleNamespace(logits=logits, past_key_values=past_key_values)
 
@@ -99,6 +153,7 @@ def test_rows_stop_at_eos_and_stop_strings_independently():
     assert out[0] == " High Risk"  # eos ends the row and is not part of the text
     assert out[1].startswith(" Low Risk\n") and "data" not in out[1]  # stopped right after the newline
     assert out[2] == tok.decode(long[:6])  # the max_new_tokens cap
+    assert model.calls[:2] == [3, 3] and model.calls[-1] == 1  # finished rows leave the batch
     assert out == generate(model, tok, prompts, max_new_tokens=6, batch_size=1, stop_strings=("\n",), progress=False)
     assert get_checker("stg").extract(out[1]) == "Low Risk"
 
@@ -118,7 +173,9 @@ def test_generation_stops_when_every_row_is_done():
     prompts = ["Smoking: 1 Answer: ", "Smoking: 1, Weight: 2 Answer: "]
     model = _scripted(tok, prompts, [[tok.eos_token_id], tok(" Low", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
     generate(model, tok, prompts, max_new_tokens=50, batch_size=2, progress=False)
-    assert model.calls <= 1 + len(tok(" Low", add_special_tokens=False)["input_ids"])
+    n_low = len(tok(" Low", add_special_tokens=False)["input_ids"])
+    # The first row ends at once and is dropped: later calls compute only the second row.
+    assert model.calls == [2] + [1] * n_low
 
 
 def test_generate_restores_training_mode_and_rejects_bad_arguments():

@@ -12,6 +12,7 @@ baseline of the same file; per-item predictions go to a JSONL file so every figu
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -70,32 +71,56 @@ class _StopCondition:
         return any(s in text for s in self.stop_strings) or bool(self.pattern and self.pattern.search(text))
 
 
+# Prompts of a file often open with the same instructions (16 of the 66 tokens of an STG prompt);
+# that prefix is run once and its KV cache reused when it is at least this long.
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every prompt at least one token of its own."""
+    first = encoded[0]
+    n = min(len(ids) for ids in encoded) - 1
+    for ids in encoded[1:]:
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
 def _generate_batch(
     model: Any, tokenizer: Any, batch: list[list[int]], *, max_new_tokens: int, pad_id: int,
-    eos_ids: set[int], stop: _StopCondition,
+    eos_ids: set[int], stop: _StopCondition, prefix_cache: Any = None, prefix_len: int = 0,
 ) -> list[str]:
     import torch
 
     device = _model_device(model)
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
+    rows = len(batch)
+    suffixes = [ids[prefix_len:] for ids in batch]
+    width = max(len(ids) for ids in suffixes)
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, ids in enumerate(suffixes):
         input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
-    # Each row counts positions from its own first real token, as it would unpadded.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        suffix_mask[row, width - len(ids):] = 1
+    # Each row counts positions from its own first real token, as it would unpadded; with a shared
+    # prefix the padding sits between the prefix and the row's own tokens.
+    position_ids = prefix_len + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+    attention_mask = torch.cat([torch.ones((rows, prefix_len), dtype=torch.long), suffix_mask], dim=1)
+    cache = None
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(rows)
     input_ids, attention_mask, position_ids = input_ids.to(device), attention_mask.to(device), position_ids.to(device)
 
     generated: list[list[int]] = [[] for _ in batch]
-    done = [False] * len(batch)
+    done = [False] * rows
+    active = list(range(rows))  # batch row -> original row; finished rows are dropped
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=True, logits_to_keep=1)
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
     for step in range(max_new_tokens):
-        next_tokens = out.logits[:, -1, :].argmax(dim=-1)
-        for row, token in enumerate(next_tokens.tolist()):
-            if done[row]:
-                continue
+        next_tokens = out.logits[:, -1, :].argmax(dim=-1).tolist()
+        for row, token in zip(active, next_tokens):
             if token in eos_ids:
                 done[row] = True
                 continue
@@ -104,13 +129,20 @@ def _generate_batch(
                 done[row] = True
         if all(done) or step == max_new_tokens - 1:
             break
-        # Finished rows are fed padding; their outputs are never read again.
-        feed = torch.tensor([[pad_id] if done[r] else [t] for r, t in enumerate(next_tokens.tolist())],
-                            dtype=torch.long, device=device)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch), 1))], dim=1)
+        cache = out.past_key_values
+        keep = [j for j, row in enumerate(active) if not done[row]]
+        if len(keep) < len(active):
+            # Drop finished rows so later steps (up to 256 for GSM8K) compute only live ones.
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            attention_mask, position_ids = attention_mask[index], position_ids[index]
+            next_tokens = [next_tokens[j] for j in keep]
+            active = [active[j] for j in keep]
+        feed = torch.tensor(next_tokens, dtype=torch.long, device=device)[:, None]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
         position_ids = position_ids[:, -1:] + 1
         out = model(input_ids=feed, attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
 
 
@@ -123,13 +155,16 @@ def generate(
     batch_size: int = 16,
     stop_strings: Sequence[str] = (),
     stop_pattern: str | None = None,
+    share_prefix: bool = True,
     progress: bool = True,
 ) -> list[str]:
     """Greedy continuations of ``prompts``, in order, special tokens removed.
 
     A row ends at an eos token (not included), once its text contains a stop string or matches
     ``stop_pattern`` (the token completing it is kept; checkers cut there), or after
-    ``max_new_tokens``. Prompts are sorted by length before batching so little padding is computed.
+    ``max_new_tokens``. Prompts are sorted by length before batching so little padding is computed;
+    with ``share_prefix`` a token prefix common to all prompts (of at least
+    :data:`MIN_SHARED_PREFIX` tokens) is computed once and its cache reused by every batch.
     """
     import torch
 
@@ -147,16 +182,27 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
     stop = _StopCondition(stop_strings, stop_pattern)
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    prefix_len = _shared_prefix_length(encoded) if share_prefix else 0
+    if prefix_len < MIN_SHARED_PREFIX:
+        prefix_len = 0
     results: list[str] = [""] * len(prompts)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
         with torch.inference_mode():
+            prefix_cache = None
+            if prefix_len:
+                device = _model_device(model)
+                prefix = torch.tensor([encoded[0][:prefix_len]], dtype=torch.long, device=device)
+                prefix_cache = model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
+                                     position_ids=torch.arange(prefix_len, device=device)[None], use_cache=True,
+                                     logits_to_keep=1).past_key_values
             bar = tqdm(total=len(prompts), desc="generating", unit="item", disable=not progress, leave=False)
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 texts = _generate_batch(model, tokenizer, [encoded[i] for i in idx], max_new_tokens=max_new_tokens,
-                                        pad_id=pad_id, eos_ids=eos_ids, stop=stop)
+                                        pad_id=pad_id, eos_ids=eos_ids, stop=stop, prefix_cache=prefix_cache,
+                                        prefix_len=prefix_len)
                 for i, text in zip(idx, texts):
                     results[i] = text
                 bar.update(len(idx))
