@@ -48,22 +48,9 @@ _OPTION = re.compile(r"^\(?([A-E]|[1-9])(?![A-Za-z0-9])")
 _OPTION_PHRASE = re.compile(r"\b(?:answer|option)\s+(?:is\s+)?\(?([A-E]|[1-9])(?![A-Za-z0-9])", re.IGNORECASE)
 
 
-def first_line(generation: str, stop_strings: Sequence[str] = ("\n",)) -> str:
-    """The continuation up to the first stop string, stripped."""
-    cut = len(generation)
-    for stop in stop_strings:
-        pos = generation.find(stop)
-        if pos != -1:
-            cut = min(cut, pos)
-    return generation[:cut].strip()
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in ``text`` ("1,000" -> 1000.0, "$18" -> 18.0), or None."""
-    m = _NUMBER.search(text)
-    if not m:
-        return None
-    return float(m.group(0).replace(",", ""))
+def first_line(generation: str) -> str:
+    """The continuation up to its first newline, stripped."""
+    return generation.split("\n", 1)[0].strip()
 
 
 def _first_number_text(text: str) -> str:
