@@ -76,3 +76,19 @@ def test_rerun_resumes_without_retraining(experiment_run):
     assert main(["experiment", "--config", str(config)]) == 0
     assert (out / "cat" / "train_summary.json").stat().st_mtime_ns == stamp
     assert (out / "results.json").exists() and (out / "cat" / "eval" / "test_iid.json").exists()
+
+
+def test_parallel_arms_match_sequential_arms(experiment_run, tmp_path):
+    out, config = experiment_run
+    data = yaml.safe_load(config.read_text())
+    data.update(output_dir=str(tmp_path / "parallel"), parallel_arms=2, diagnostics=False)
+    path = tmp_path / "parallel.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["experiment", "--config", str(path)]) == 0
+    seq = json.loads((out / "results.json").read_text())
+    par = json.loads((tmp_path / "parallel" / "results.json").read_text())
+    for arm in ("baseline", "cat"):
+        assert (tmp_path / "parallel" / arm / "train.log").exists()
+        assert par["arms"][arm]["train"]["final_train_loss"] == pytest.approx(seq["arms"][arm]["train"]["final_train_loss"])
+        for split in seq["splits"]:
+            assert par["arms"][arm]["splits"][split]["accuracy"] == seq["arms"][arm]["splits"][split]["accuracy"]

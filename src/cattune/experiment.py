@@ -24,10 +24,13 @@ import datetime as _dt
 import json
 import logging
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from cattune import __version__
 from cattune.config import from_dict, save_config, to_dict
@@ -142,21 +145,49 @@ class ExperimentRunner:
         return records[: self.config.eval_limit] if self.config.eval_limit else records
 
     # -- steps -------------------------------------------------------------------------------
+    def _trained(self, arm: str, seed: int) -> bool:
+        run_dir = arm_dir(self.out, arm, seed, self.config.seeds)
+        return (run_dir / "model").exists() and (run_dir / "train_summary.json").exists()
+
+    def train_arms_in_parallel(self, arms: list[str], seed: int, train_file: Path) -> None:
+        """Train several arms at once, each in its own process with its share of the CPU threads.
+
+        On a CPU two single-thread runs side by side finish sooner than two two-thread runs one
+        after the other. Each process is an ordinary resumable ``cattune train`` run.
+        """
+        cfg = self.config
+        procs = []
+        for arm in arms:
+            run_dir = arm_dir(self.out, arm, seed, cfg.seeds)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            request = run_dir / "train_request.yaml"
+            save_config(_train_config(cfg, arm, seed, train_file, run_dir), request)
+            log = (run_dir / "train.log").open("a")
+            cmd = [sys.executable, "-m", "cattune.cli.main", "-q", "train", "--config", str(request), "--resume"]
+            procs.append((arm, run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+            logger.info("training %s (seed %d) in a background process; log: %s", arm, seed, run_dir / "train.log")
+        with tqdm(total=None, desc=f"training {', '.join(arms)} (seed {seed})", unit="step",
+                  disable=not self.progress) as bar:
+            while any(p.poll() is None for _, _, p, _ in procs):
+                time.sleep(5)
+                steps = sum(_last_step(run_dir / "metrics.jsonl") for _, run_dir, _, _ in procs)
+                bar.update(steps - bar.n)
+        for _, _, _, log in procs:
+            log.close()
+        failed = [(arm, run_dir) for arm, run_dir, p, _ in procs if p.returncode != 0]
+        if failed:
+            raise RuntimeError("training failed for " + ", ".join(f"{arm} (see {d / 'train.log'})" for arm, d in failed))
+
     def train_arm(self, arm: str, seed: int, train_file: Path) -> Path:
         from cattune.training import train
 
         run_dir = arm_dir(self.out, arm, seed, self.config.seeds)
-        if (run_dir / "model").exists() and (run_dir / "train_summary.json").exists():
+        if self._trained(arm, seed):
             logger.info("%s (seed %d): already trained", arm, seed)
             return run_dir
         cfg = _train_config(self.config, arm, seed, train_file, run_dir)
         logger.info("training %s (seed %d) -> %s", arm, seed, run_dir)
-        start = time.time()
         train(cfg, resume=True)
-        summary_path = run_dir / "train_summary.json"
-        summary = json.loads(summary_path.read_text())
-        summary.setdefault("seconds", round(time.time() - start, 1))
-        atomic_write_json(summary_path, summary)
         return run_dir
 
     def evaluate_arm(self, model_ref: str, run_dir: Path, tests: dict[str, Path]) -> dict[str, Any]:
@@ -261,6 +292,12 @@ class ExperimentRunner:
 
         per_run: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in cfg.arms}
         for seed in cfg.seeds:
+            if cfg.parallel_arms > 1:
+                pending = [arm for arm in cfg.arms if not self._trained(arm, seed)]
+                for start in range(0, len(pending), cfg.parallel_arms):
+                    group = pending[start : start + cfg.parallel_arms]
+                    if len(group) > 1:
+                        self.train_arms_in_parallel(group, seed, train_file)
             for arm in cfg.arms:
                 run_dir = self.train_arm(arm, seed, train_file)
                 per_run[arm][seed] = self.evaluate_arm(str(run_dir), run_dir, tests)
@@ -271,6 +308,13 @@ class ExperimentRunner:
         heatmaps = {arm: per_run[arm][cfg.seeds[0]].get("_heatmap") for arm in cfg.arms}
         write_report(results, self.out, metrics=metrics, heatmaps={k: v for k, v in heatmaps.items() if v})
         return results
+
+
+def _last_step(metrics: Path) -> int:
+    if not metrics.exists():
+        return 0
+    lines = [line for line in metrics.read_text().splitlines() if line.strip()]
+    return int(json.loads(lines[-1]).get("step", 0)) if lines else 0
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -322,7 +366,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
         arms[arm] = {
             "splits": arm_splits,
             "attention": first.get("_attention") or None,
-            "train": {"steps": train.get("global_step"), "seconds": train.get("seconds"),
+            "train": {"steps": train.get("global_step"), "seconds": (train.get("metrics") or {}).get("train_runtime"),
                       "final_train_loss": train.get("train_loss"), "overrides": config.arms[arm]},
         }
 

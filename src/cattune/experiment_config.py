@@ -40,6 +40,9 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [42])
     arms: dict[str, dict[str, Any]] = field(default_factory=_default_arms)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Train up to this many arms at once, each in its own process (on a CPU, set train.num_threads
+    # so that parallel_arms x num_threads is the number of cores).
+    parallel_arms: int = 1
     eval_batch_size: int = 32
     eval_limit: int | None = None  # evaluate only the first N items of each split
     diagnostics: bool = True  # attention shares of the base model and each trained arm
