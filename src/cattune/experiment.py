@@ -23,6 +23,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -86,7 +87,8 @@ def prepare_data(config: ExperimentConfig, out: Path) -> tuple[Path, dict[str, P
                             **options)
         tests = {p.stem: p for p in sorted(folder.glob("test_*.jsonl")) if gen.splits is None or p.stem in gen.splits}
         train_file = train_file or folder / "train.jsonl"
-    tests.update({k: Path(v) for k, v in config.test_files.items()})
+    # The named test files first (IID, OOD), then any generated extra shifts, in report order.
+    tests = {**{k: Path(v) for k, v in config.test_files.items()}, **{k: v for k, v in tests.items() if k not in config.test_files}}
     if train_file is None:
         raise FileNotFoundError("the experiment names no training file")
     return train_file, tests
@@ -166,8 +168,8 @@ class ExperimentRunner:
             cmd = [sys.executable, "-m", "cattune.cli.main", "-q", "train", "--config", str(request), "--resume"]
             procs.append((arm, run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
             logger.info("training %s (seed %d) in a background process; log: %s", arm, seed, run_dir / "train.log")
-        with tqdm(total=None, desc=f"training {', '.join(arms)} (seed {seed})", unit="step",
-                  disable=not self.progress) as bar:
+        with tqdm(total=len(arms) * _planned_steps(cfg.train, train_file), desc=f"training {', '.join(arms)} (seed {seed})",
+                  unit="step", disable=not self.progress) as bar:
             while any(p.poll() is None for _, _, p, _ in procs):
                 time.sleep(5)
                 steps = sum(_last_step(run_dir / "metrics.jsonl") for _, run_dir, _, _ in procs)
@@ -308,6 +310,16 @@ class ExperimentRunner:
         heatmaps = {arm: per_run[arm][cfg.seeds[0]].get("_heatmap") for arm in cfg.arms}
         write_report(results, self.out, metrics=metrics, heatmaps={k: v for k, v in heatmaps.items() if v})
         return results
+
+
+def _planned_steps(train: TrainConfig, train_file: Path) -> int:
+    """Optimizer steps of one arm (for progress bars): max_steps, or epochs over the records."""
+    if train.max_steps > 0:
+        return train.max_steps
+    n = sum(1 for line in train_file.open() if line.strip())
+    if train.limit:
+        n = min(n, train.limit)
+    return math.ceil(math.ceil(n / train.batch_size) / train.grad_accum * train.epochs)
 
 
 def _last_step(metrics: Path) -> int:
