@@ -308,10 +308,11 @@ def row_masses(
     members: dict[str, torch.Tensor] = {}
     for name, pairs in supervision.column_sets.items():
         pairs = pairs.to(key_valid.device)
-        member = torch.zeros(n_rows, n_keys, dtype=torch.bool, device=key_valid.device)
-        inside = pairs[:, 1] < n_keys  # columns cut off by truncation simply do not exist
-        member[pairs[inside, 0], pairs[inside, 1]] = True
-        members[name] = member & allowed
+        # Columns at or past the sequence end (cut off by truncation) land in a spare last column.
+        member = torch.zeros(n_rows, n_keys + 1, dtype=torch.bool, device=key_valid.device)
+        flat = pairs[:, 0] * (n_keys + 1) + pairs[:, 1].clamp(max=n_keys)
+        member.view(-1).index_fill_(0, flat, True)
+        members[name] = member[:, :n_keys] & allowed
     names = list(members)
     # [S + 1, R, T] weights: one row per set, the last for "allowed but not a cause".
     weights = torch.stack([members[n] for n in names] + [allowed & ~members["cause"]])

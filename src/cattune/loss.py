@@ -104,11 +104,12 @@ def reattention_loss(
     active = valid & (ratio < alpha)
     # Rows that contribute nothing still pass through the formula (it is vectorised); give them
     # harmless stand-in values so their unused branch cannot produce inf/NaN gradients.
-    row_loss = _ROW_LOSS[loss_type](torch.where(active, a_c, 0.0), torch.where(active, a_n, 1.0), alpha)
+    inactive = ~active
+    row_loss = _ROW_LOSS[loss_type](a_c.masked_fill(inactive, 0.0), a_n.masked_fill(inactive, 1.0), alpha)
     n_valid = int(valid.sum())
-    loss = torch.where(active, row_loss, 0.0).sum() / max(n_valid, 1)
-    satisfied = float((valid & ~active).sum()) / n_valid if n_valid else math.nan
-    logged_ratio = torch.where(valid, ratio, math.nan).detach()
+    loss = row_loss.masked_fill(inactive, 0.0).sum() / max(n_valid, 1)
+    satisfied = float((valid & inactive).sum()) / n_valid if n_valid else math.nan
+    logged_ratio = ratio.detach().masked_fill(~valid, math.nan)
     return ReAttentionOutput(loss=loss, ratio=logged_ratio, valid=valid, satisfied_fraction=satisfied)
 
 
