@@ -3,14 +3,16 @@
 Three ways to produce the same greedy answers:
 
 * ``batched``: :func:`cattune.evaluate.generate` with ``--batch-size`` prompts per forward pass.
-* ``single``: the same function, one prompt per call (KV cache, same stop rule).
+* ``single``: the same function with one prompt per forward pass (KV cache, same stop rule, the
+  prompts' shared prefix still computed once per call).
 * ``hf_single``: ``model.generate(do_sample=False)`` per prompt, stopping at eos or a newline, the
   loop an evaluation script usually starts from.
 
 The machine is shared and its load changes by the minute, so the ratio is measured in a paired
 design: the first ``--paired-items`` prompts are cut into chunks of ``--batch-size``, and every
 chunk is run by each path back to back (the order rotating from chunk to chunk); the speed-up is
-the ratio of the summed times. The whole 400-item file is then evaluated batched, and the
+the ratio of the summed times (and the median of the per-chunk ratios, which a burst of load
+in one chunk does not move). The whole 400-item file is then evaluated batched, and the
 one-at-a-time time for the whole file is extrapolated from the paired ratio (stated in the
 output). Answers of every path are checked against the batched ones.
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from cattune.evaluate import generate, git_revision
     from cattune.models import load_model, load_tokenizer
 
+    load_before = os.getloadavg()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -90,24 +93,35 @@ def main(argv: list[str] | None = None) -> int:
 
     paired = prompts[: args.paired_items]
     chunk_seconds: dict[str, list[float]] = {name: [] for name in names}
+    chunk_cpu_seconds: dict[str, list[float]] = {name: [] for name in names}
     outputs: dict[str, list[str]] = {name: [] for name in names}
     for k, start in enumerate(range(0, len(paired), args.batch_size)):
         chunk = paired[start:start + args.batch_size]
         for name in names[k % len(names):] + names[:k % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             answers_of_chunk = paths[name](chunk)
             chunk_seconds[name].append(time.perf_counter() - t0)
+            chunk_cpu_seconds[name].append(time.process_time() - c0)
             outputs[name].extend(answers_of_chunk)
-        print(f"chunk {k + 1}: " + ", ".join(f"{n} {chunk_seconds[n][-1]:.1f} s" for n in names), file=sys.stderr, flush=True)
+        print(f"chunk {k + 1}: " + ", ".join(f"{n} {chunk_seconds[n][-1]:.1f} s ({chunk_cpu_seconds[n][-1]:.1f} s CPU)"
+                                             for n in names), file=sys.stderr, flush=True)
     totals = {name: sum(chunk_seconds[name]) for name in names}
     speedup = {name: totals[name] / totals["batched"] for name in names if name != "batched"}
+    # Per-chunk ratios: a burst of load from other processes hits one chunk, not the median.
+    chunk_ratios = {name: [a / b for a, b in zip(chunk_seconds[name], chunk_seconds["batched"])]
+                    for name in names if name != "batched"}
+    median_speedup = {name: statistics.median(r) for name, r in chunk_ratios.items()}
+    # CPU time counts the work done whatever else runs on the machine (with one thread it is
+    # the cleanest measure; with several, threads spinning while descheduled inflate it).
+    cpu_totals = {name: sum(chunk_cpu_seconds[name]) for name in names}
+    cpu_speedup = {name: cpu_totals[name] / cpu_totals["batched"] for name in names if name != "batched"}
     answers = {name: [checker.extract(g) for g in outputs[name]] for name in names}
     agreement = {name: sum(a == b for a, b in zip(answers[name], answers["batched"])) / len(paired)
                  for name in names if name != "batched"}
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     full = batched(prompts)
-    full_seconds = time.perf_counter() - t0
+    full_seconds, full_cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     n_all = len(prompts)
     accuracy = sum(checker.is_correct(g, r.target) for g, r in zip(full, records)) / n_all
     result = {
@@ -120,11 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         "paired_seconds": totals,
         "paired_chunk_seconds": chunk_seconds,
         "speedup_of_batched_over": speedup,
+        "speedup_per_chunk": chunk_ratios,
+        "median_chunk_speedup_of_batched_over": median_speedup,
+        "paired_cpu_seconds": cpu_totals,
+        "paired_chunk_cpu_seconds": chunk_cpu_seconds,
+        "cpu_time_speedup_of_batched_over": cpu_speedup,
         "answer_agreement_with_batched": agreement,
         "file_seconds_batched_measured": full_seconds,
+        "file_cpu_seconds_batched_measured": full_cpu_seconds,
         "file_seconds_extrapolated": {name: full_seconds * r for name, r in speedup.items()},
         "batched_accuracy": accuracy,
         "torch_threads": torch.get_num_threads(),
+        "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "cpu": platform.processor() or platform.machine(),
         "torch_version": torch.__version__,
