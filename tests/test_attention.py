@@ -108,6 +108,20 @@ def test_backends_agree_with_left_padding(loss_type):
     assert_same_grads(grads, eager_grads)
 
 
+def test_backends_agree_when_a_row_is_supervised_twice():
+    # Two entries for the same query row (e.g. two effects sharing a position) each count, and
+    # their gradients add up.
+    model = tiny_llama()
+    ids, mask = padded_batch(11)
+    rows = torch.tensor([[0, 9], [0, 9], [2, 5]])
+    pairs = torch.tensor([[0, 1], [1, 3], [1, 4], [2, 0]])
+    sup = RowSupervision(rows, {"cause": pairs})
+    eager, _, eager_grads = cat_step(model, "eager", ids, mask, sup, loss_type="hinge")
+    recomputed, _, grads = cat_step(model, "recompute", ids, mask, sup, loss_type="hinge")
+    assert recomputed.loss.item() == pytest.approx(eager.loss.item(), abs=1e-5)
+    assert_same_grads(grads, eager_grads)
+
+
 def test_backends_agree_on_sliding_window_layers():
     # Layer 1 attends to a window of 4 keys: the recompute must use the layer's own mask.
     model = tiny_qwen2(use_sliding_window=True, sliding_window=4, max_window_layers=1)

@@ -24,8 +24,8 @@ mode) is after dropout, as in the released code. With dropout 0 the two are the 
 
 Gradient checkpointing: only non-reentrant checkpointing is supported (transformers' default).
 Inside the checkpointed layer the capture only keeps a reference to the keys and gathers the
-query rows with operations that save nothing for backward, so a backward replay that skips them
-saves exactly what the first forward saved; a replay inside the capture is recognised (it runs
+query rows with an operation that saves no tensor for backward, so a backward replay that skips
+it saves exactly what the first forward saved; a replay inside the capture is recognised (it runs
 inside autograd's backward) and not recorded again. Reentrant checkpointing runs the first
 forward without autograd, which would silently drop the attention term's gradient; it is
 refused with an explanation.
@@ -337,6 +337,26 @@ def row_masses(
 # The capture
 
 
+class _GatherRows(torch.autograd.Function):
+    """``query[b, :, pos, :]`` -> [R, H, D] that saves no tensor for backward.
+
+    Saved tensors would be packed by non-reentrant checkpointing, and a replay that skips the
+    gather would then mismatch; the indices are constants, kept as plain attributes. The backward
+    writes all rows into one zero tensor (R separate selects would each build a full-size one).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: torch.Tensor, b: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        ctx.query_shape, ctx.b, ctx.pos = query.shape, b, pos
+        return query[b, :, pos, :]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        grad_query = grad.new_zeros(ctx.query_shape)
+        grad_query.transpose(1, 2).index_put_((ctx.b, ctx.pos), grad, accumulate=True)  # [B, T, H, D] view
+        return grad_query, None, None
+
+
 @dataclass
 class _LayerInputs:
     query_rows: torch.Tensor  # [R, H, D], the supervised rows' queries
@@ -399,8 +419,8 @@ class RowAttentionCapture:
         self.layers = layers
         self.forward_kwargs: dict[str, Any] = {"output_attentions": True} if backend == "eager" else {}
         self._layer_set = frozenset(layers)
-        self._row_list = [tuple(r) for r in supervision.rows.tolist()]
-        self._max_row = tuple(max(r[k] for r in self._row_list) for k in (0, 1)) if self._row_list else (0, 0)
+        self._rows = supervision.rows
+        self._max_row = tuple(int(m) for m in supervision.rows.max(0).values) if len(supervision.rows) else (0, 0)
         self._inputs: dict[int, _LayerInputs] = {}
         self._open = True
 
@@ -415,7 +435,7 @@ class RowAttentionCapture:
         if layer in self._inputs:
             raise CATAttentionError(f"layer {layer} ran twice inside one capture_row_attention block; "
                                     "run exactly one forward per capture")
-        if self._row_list and (self._max_row[0] >= query.shape[0] or self._max_row[1] >= query.shape[2]):
+        if len(self._rows) and (self._max_row[0] >= query.shape[0] or self._max_row[1] >= query.shape[2]):
             raise CATAttentionError(f"supervised rows reach (batch {self._max_row[0]}, position {self._max_row[1]}) "
                                     f"but the batch is {query.shape[0]} x {query.shape[2]}")
         if query.shape[2] != key.shape[2]:
@@ -425,11 +445,9 @@ class RowAttentionCapture:
         if unsupported:
             raise CATAttentionError(f"{type(self.model).__name__} passes {unsupported} to its attention, which the "
                                     "'recompute' backend does not reproduce; use attention_backend='eager'")
-        # Keep only the supervised rows' queries, not the layer's whole query tensor. Basic
-        # indexing and stack save no tensors for backward, so a checkpointed layer's replay (which
-        # skips this) still saves exactly what its first forward saved.
-        query_rows = (torch.stack([query[b, :, pos, :] for b, pos in self._row_list]) if self._row_list
-                      else query.new_zeros(0, query.shape[1], query.shape[3]))
+        # Keep only the supervised rows' queries, not the layer's whole query tensor.
+        rows = self._rows.to(query.device)
+        query_rows = _GatherRows.apply(query, rows[:, 0], rows[:, 1])
         self._inputs[layer] = _LayerInputs(
             query_rows=query_rows,
             key=key,
