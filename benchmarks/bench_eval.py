@@ -16,7 +16,10 @@ in one chunk does not move). The whole 400-item file is then evaluated batched, 
 one-at-a-time time for the whole file is extrapolated from the paired ratio (stated in the
 output). Answers of every path are checked against the batched ones.
 
-    python benchmarks/bench_eval.py --json benchmarks/results/bench_eval.json
+    python benchmarks/bench_eval.py --threads 1 --json bench_eval.json
+
+Other files work too (``--data``, ``--task``, ``--max-new-tokens``); ``hf_single`` supports stop
+strings but not GSM8K's stop pattern, so use ``--skip-hf`` there.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--paired-items", type=int, default=96, help="prompts timed by every path, chunk by chunk")
+    parser.add_argument("--task", default="stg", help="answer checker (stop rule and token limit) of the data")
+    parser.add_argument("--max-new-tokens", type=int, help="override the checker's token limit")
+    parser.add_argument("--skip-full", action="store_true", help="do not time the whole file batched")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-hf", action="store_true", help="do not time the model.generate loop")
@@ -64,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(args.model)
     records = load_records(args.data)
     prompts = [r.input for r in records]
-    checker = get_checker("stg")
-    kwargs = dict(max_new_tokens=checker.max_new_tokens, stop_strings=checker.stop_strings, progress=False)
+    checker = get_checker(args.task)
+    max_new_tokens = args.max_new_tokens or checker.max_new_tokens
+    kwargs = dict(max_new_tokens=max_new_tokens, stop_strings=checker.stop_strings,
+                  stop_pattern=checker.stop_pattern, progress=False)
 
     def batched(chunk: list[str]) -> list[str]:
         return generate(model, tokenizer, chunk, batch_size=args.batch_size, **kwargs)
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             for prompt in chunk:
                 ids = torch.tensor([tokenizer(prompt)["input_ids"]])
                 gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=checker.max_new_tokens, stop_strings=list(checker.stop_strings),
+                                     max_new_tokens=max_new_tokens, stop_strings=list(checker.stop_strings) or None,
                                      tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
                 out.append(tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True))
         return out
@@ -119,18 +127,24 @@ def main(argv: list[str] | None = None) -> int:
     agreement = {name: sum(a == b for a, b in zip(answers[name], answers["batched"])) / len(paired)
                  for name in names if name != "batched"}
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    full = batched(prompts)
-    full_seconds, full_cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     n_all = len(prompts)
-    accuracy = sum(checker.is_correct(g, r.target) for g, r in zip(full, records)) / n_all
+    full_seconds = full_cpu_seconds = accuracy = None
+    if not args.skip_full:
+        t0, c0 = time.perf_counter(), time.process_time()
+        full = batched(prompts)
+        full_seconds, full_cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        accuracy = sum(checker.is_correct(g, r.target) for g, r in zip(full, records)) / n_all
+    new_tokens = [len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in outputs["batched"]]
     result = {
         "data": str(args.data),
         "n": n_all,
         "model": args.model,
+        "task": checker.name,
+        "max_new_tokens": max_new_tokens,
         "dtype": args.dtype,
         "batch_size": args.batch_size,
         "paired_items": len(paired),
+        "mean_new_tokens": statistics.mean(new_tokens),
         "paired_seconds": totals,
         "paired_chunk_seconds": chunk_seconds,
         "speedup_of_batched_over": speedup,
@@ -142,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "answer_agreement_with_batched": agreement,
         "file_seconds_batched_measured": full_seconds,
         "file_cpu_seconds_batched_measured": full_cpu_seconds,
-        "file_seconds_extrapolated": {name: full_seconds * r for name, r in speedup.items()},
+        "file_seconds_extrapolated": {name: full_seconds * r for name, r in speedup.items()} if full_seconds else None,
         "batched_accuracy": accuracy,
         "torch_threads": torch.get_num_threads(),
         "load_average_before": load_before,
