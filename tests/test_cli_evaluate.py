@@ -113,3 +113,18 @@ def test_flip_rate_without_a_file_of_its_task_fails_before_loading_the_model(tmp
     rc = main(["evaluate", "--model", str(tmp_path / "no-such-model"), "--data", str(numeric), "--flip-rate", "stg"])
     assert rc == 2
     assert "no file is a stg file" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_flip_rate_with_the_stg_h_perturbation(tmp_path, tiny_model_dir, release_dir):
+    pytest.importorskip("cattune.data.stg_h")
+    lines = (release_dir / "STG_H" / "STG_H_ood_test.jsonl").read_text().splitlines()[:4]
+    data = tmp_path / "stg_h_ood.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--flip-rate", "stg_h",
+               "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())["results"][str(data)]
+    assert result["task"] == "stg_h" and result["n"] == 4
+    assert result["flip"]["n"] == 4 and result["flip"]["unchanged_prompts"] == 0
