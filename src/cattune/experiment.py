@@ -36,25 +36,12 @@ from tqdm.auto import tqdm
 from cattune import __version__
 from cattune.config import from_dict, save_config, to_dict
 from cattune.data.records import Record, load_records, write_records
+from cattune.evaluate import git_revision
 from cattune.experiment_config import ExperimentConfig
 from cattune.files import atomic_write_json
 from cattune.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-
-def git_revision(start: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=start or Path.cwd(), capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=start or Path.cwd(),
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def arm_dir(out: Path, arm: str, seed: int, seeds: list[int]) -> Path:
@@ -409,7 +396,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
     return {
         "name": config.name,
         "cattune_version": __version__,
-        "git_revision": git_revision(),
+        "git_revision": git_revision(),  # of the code that ran, not of the working folder
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(config),
         "seeds": seeds,
