@@ -366,25 +366,41 @@ class _LayerInputs:
     is_causal: bool
 
 
-def _recompute_row_probabilities(inputs: _LayerInputs, rows: torch.Tensor) -> torch.Tensor:
+@dataclass
+class _RowSlots:
+    """Rows packed per example into slots, so one batched matmul per example computes only their
+    scores: [E, H, S, D] @ [E, Hkv, D, T]."""
+
+    rows: torch.Tensor  # [R, 2]
+    examples: torch.Tensor  # [E] batch indices that have rows
+    example_of_row: torch.Tensor  # [R] index into examples
+    slot_of_row: torch.Tensor  # [R]
+    n_slots: int
+
+    @classmethod
+    def plan(cls, rows: torch.Tensor) -> _RowSlots:
+        examples, example_of_row = torch.unique(rows[:, 0], return_inverse=True)
+        order = torch.argsort(example_of_row, stable=True)
+        counts = torch.bincount(example_of_row, minlength=len(examples))
+        starts = torch.cumsum(counts, 0) - counts
+        slot_of_row = torch.empty_like(example_of_row)
+        slot_of_row[order] = torch.arange(len(rows), device=rows.device) - starts[example_of_row[order]]
+        return cls(rows, examples, example_of_row, slot_of_row, int(counts.max()) if len(rows) else 0)
+
+
+def _recompute_row_probabilities(inputs: _LayerInputs, slots_plan: _RowSlots) -> torch.Tensor:
     """fp32 softmax probabilities [R, H, T] of the supervised rows of one layer."""
     q_rows, key = inputs.query_rows, inputs.key
     n_heads, n_kv, n_keys, dim = q_rows.shape[1], key.shape[1], key.shape[2], q_rows.shape[2]
     if n_heads % n_kv:
         raise CATAttentionError(f"{n_heads} query heads do not group over {n_kv} key heads")
     group = n_heads // n_kv
+    rows = slots_plan.rows
     if len(rows) == 0:
         return key.new_zeros(0, n_heads, n_keys, dtype=torch.float32)
     b, pos = rows[:, 0], rows[:, 1]
-    # Rows are packed per example into slots so that one batched matmul per example computes
-    # only their scores: [E, H, S, D] @ [E, Hkv, D, T] (query heads grouped over their key head).
-    examples, example_of_row = torch.unique(b, return_inverse=True)
-    order = torch.argsort(example_of_row, stable=True)
-    counts = torch.bincount(example_of_row, minlength=len(examples))
-    starts = torch.cumsum(counts, 0) - counts
-    slot_of_row = torch.empty_like(example_of_row)
-    slot_of_row[order] = torch.arange(len(rows), device=rows.device) - starts[example_of_row[order]]
-    n_slots = int(counts.max())
+    examples, example_of_row, slot_of_row = slots_plan.examples, slots_plan.example_of_row, slots_plan.slot_of_row
+    n_slots = slots_plan.n_slots
     with torch.autocast(device_type=key.device.type, enabled=False):
         slots = torch.zeros(len(examples), n_slots, n_heads, dim, dtype=torch.float32, device=key.device)
         slots = slots.index_put((example_of_row, slot_of_row), q_rows.float())  # [E, S, H, D]
@@ -466,9 +482,9 @@ class RowAttentionCapture:
                     f"{name} did not pass layers {missing} through the 'cat_sdpa' attention function during the "
                     "forward inside the capture (no forward yet, or the model bypasses transformers' "
                     "AttentionInterface); use attention_backend='eager' for this model")
+            plan = _RowSlots.plan(rows.to(self._inputs[self.layers[0]].key.device))
             for layer in self.layers:
-                inputs = self._inputs[layer]
-                yield _recompute_row_probabilities(inputs, rows.to(inputs.key.device))
+                yield _recompute_row_probabilities(self._inputs[layer], plan)
             return
         attentions = getattr(outputs, "attentions", None) if outputs is not None else None
         if outputs is None:
