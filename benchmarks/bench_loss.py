@@ -130,8 +130,10 @@ def main() -> None:
     with torch.no_grad():
         loop_fwd = timed(lambda: released_style_loss(attention, matrix, key_valid, **kw), args.warmup, args.repeats)
         ours_fwd = timed(lambda: vectorised_loss(attention, supervision, key_valid, **kw), args.warmup, args.repeats)
-    loop_fb = timed(backward(lambda: released_style_loss(attention, matrix, key_valid, **kw)), args.warmup, args.repeats)
-    ours_fb = timed(backward(lambda: vectorised_loss(attention, supervision, key_valid, **kw)), args.warmup, args.repeats)
+    loop_fb = timed(backward(lambda: released_style_loss(attention, matrix, key_valid, **kw)),
+                    args.warmup, args.repeats)
+    ours_fb = timed(backward(lambda: vectorised_loss(attention, supervision, key_valid, **kw)),
+                    args.warmup, args.repeats)
 
     result = {
         "batch": args.batch, "length": args.length, "rows": len(supervision),

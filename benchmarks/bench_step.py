@@ -136,7 +136,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     peak = _peak_rss_bytes()
     return {"variant": variant, "step_s": statistics.median(times), "step_times_s": times,
             "peak_bytes": peak, "rss_before_steps_bytes": rss_before,
-            "process_peak_bytes": max(process_peak_after_warmup, peak), "trainable_parameters": sum(p.numel() for p in params)}
+            "process_peak_bytes": max(process_peak_after_warmup, peak),
+            "trainable_parameters": sum(p.numel() for p in params)}
 
 
 def child_command(args: argparse.Namespace, variant: str) -> list[str]:
@@ -195,8 +196,8 @@ def main() -> None:
             results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             if not args.json:
                 res = results[variant]
-                print(f"round {r + 1} {variant:12} step {res['step_s']:.3f} s   peak {res['peak_bytes'] / 2**30:.2f} GiB",
-                      flush=True)
+                print(f"round {r + 1} {variant:12} step {res['step_s']:.3f} s   "
+                      f"peak {res['peak_bytes'] / 2**30:.2f} GiB", flush=True)
         rounds.append(results)
     if any("plain" not in rnd for rnd in rounds):
         raise SystemExit(f"the plain variant failed: {failures.get('plain')}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cattune.attention import RowSupervision, row_masses
-from cattune.loss import LOSS_TYPES, attention_weight, reattention_loss
+from cattune.loss import LOSS_TYPES, attention_ratio, attention_weight, reattention_loss
 
 
 def reference_row_loss(a_c, a_n, alpha, loss_type):
@@ -138,7 +138,8 @@ def test_no_supervised_rows_gives_zero_with_a_gradient_path():
 def test_rows_without_valid_columns_give_zero_and_finite_gradient(loss_type):
     causal = torch.tensor([0.3, 0.0, 0.7], requires_grad=True)
     other = torch.tensor([0.7, 1.0, 0.0], requires_grad=True)
-    out = reattention_loss(causal, other, torch.tensor([2, 0, 3]), torch.tensor([0, 4, 0]), alpha=2.0, loss_type=loss_type)
+    out = reattention_loss(causal, other, torch.tensor([2, 0, 3]), torch.tensor([0, 4, 0]),
+                           alpha=2.0, loss_type=loss_type)
     assert out.loss.item() == 0.0 and not out.valid.any()
     out.loss.backward()
     assert torch.equal(causal.grad, torch.zeros(3)) and torch.equal(other.grad, torch.zeros(3))
@@ -162,14 +163,16 @@ def test_exactly_zero_masses_are_finite():
     causal = torch.zeros(2, requires_grad=True)
     other = torch.zeros(2, requires_grad=True)
     for loss_type in LOSS_TYPES:
-        out = reattention_loss(causal, other, torch.tensor([1, 1]), torch.tensor([1, 1]), alpha=2.0, loss_type=loss_type)
+        out = reattention_loss(causal, other, torch.tensor([1, 1]), torch.tensor([1, 1]),
+                               alpha=2.0, loss_type=loss_type)
         grads = torch.autograd.grad(out.loss, (causal, other))
         assert torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in grads)
 
 
 def test_low_precision_inputs_are_computed_in_fp32():
     causal = torch.tensor([0.1, 0.6], dtype=torch.bfloat16)
-    out = reattention_loss(causal, causal.flip(0), torch.tensor([1, 1]), torch.tensor([3, 3]), alpha=2.0, loss_type="div")
+    out = reattention_loss(causal, causal.flip(0), torch.tensor([1, 1]), torch.tensor([3, 3]),
+                           alpha=2.0, loss_type="div")
     assert out.loss.dtype == torch.float32
 
 
@@ -180,6 +183,16 @@ def test_satisfied_rows_stay_in_the_denominator():
     assert out.loss.item() == pytest.approx(0.75)
     assert out.satisfied_fraction == 0.5
     assert out.mean_ratio == pytest.approx(2.25)
+
+
+def test_attention_ratio_is_the_ratio_the_loss_thresholds():
+    causal, other = torch.tensor([0.5, 0.2, 0.9]), torch.tensor([0.5, 0.8, 0.1])
+    n_causal, n_other = torch.tensor([2, 1, 0]), torch.tensor([4, 2, 3])
+    ratio, valid = attention_ratio(causal, other, n_causal, n_other)
+    assert valid.tolist() == [True, True, False]
+    assert ratio[:2].tolist() == pytest.approx([(0.5 / 2) / (0.5 / 4), 0.2 / (0.8 / 2)])
+    out = reattention_loss(causal, other, n_causal, n_other, alpha=2.0, loss_type="div")
+    assert torch.equal(out.ratio[valid], ratio[valid])
 
 
 def test_rejects_unknown_loss_type_and_mismatched_shapes():

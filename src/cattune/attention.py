@@ -267,7 +267,9 @@ class RowMasses:
     n_allowed: torch.Tensor  # [R] allowed keys of each row
     layers: tuple[int, ...] = field(default_factory=tuple)  # absolute indices of the L layers
 
-    def row_statistics(self, *, per_head: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def row_statistics(
+        self, *, per_head: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(causal_mass, other_mass, n_causal, n_other)`` for :func:`cattune.loss.reattention_loss`.
 
         Masses are averaged over layers, and over heads unless ``per_head`` ([R] or [R, H]).

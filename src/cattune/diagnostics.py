@@ -24,6 +24,7 @@ import torch
 from cattune.attention import RowSupervision, capture_row_attention, prepare_model_for_cat, pretrained_model
 from cattune.data.records import Record
 from cattune.encoding import EncodedExample, encode_record
+from cattune.loss import attention_ratio
 from cattune.masks import span_columns
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _category_columns(
     """Per category, the disjoint columns of each supervised row of one example."""
     spans = {name: set(span_columns(example.text, example.offsets, list(values), max_length=max_length))
              for name, values in named.items()}
-    categories: dict[str, dict[int, tuple[int, ...]]] = {CAUSE: {}, **{n: {} for n in named}, FIRST_TOKEN: {}, OTHER: {}}
+    categories: dict[str, dict[int, tuple[int, ...]]] = {name: {} for name in (CAUSE, *named, FIRST_TOKEN, OTHER)}
     for row, causes in example.rows.rows.items():
         taken = set(causes)
         categories[CAUSE][row] = tuple(sorted(causes))
@@ -148,9 +149,7 @@ def attention_shares(
             for name in categories:
                 per_row = masses.mass[name].mean(-1)  # [L, R], heads averaged
                 sums[name] = sums.get(name, 0) + per_row.sum(-1).double().cpu()
-            causal, other, n_causal, n_other = masses.row_statistics()
-            valid = (n_causal >= 1) & (n_other >= 1)
-            ratio = (causal / n_causal.clamp_min(1)) / (other / n_other.clamp_min(1)).clamp_min(torch.finfo(torch.float32).tiny)
+            ratio, valid = attention_ratio(*masses.row_statistics())
             ratio_sum += float(ratio[valid].double().sum())
             n_ratio_rows += int(valid.sum())
             n_rows += len(supervision)

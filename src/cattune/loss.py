@@ -84,6 +84,32 @@ def reattention_loss(
     """
     if loss_type not in _ROW_LOSS:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    a_c, a_n, ratio, valid = _row_means(causal_mass, other_mass, n_causal, n_other)
+    active = valid & (ratio < alpha)
+    # Rows that contribute nothing still pass through the formula (it is vectorised); give them
+    # harmless stand-in values so their unused branch cannot produce inf/NaN gradients.
+    inactive = ~active
+    row_loss = _ROW_LOSS[loss_type](a_c.masked_fill(inactive, 0.0), a_n.masked_fill(inactive, 1.0), alpha)
+    n_valid = int(valid.sum())
+    loss = row_loss.masked_fill(inactive, 0.0).sum() / max(n_valid, 1)
+    satisfied = float((valid & inactive).sum()) / n_valid if n_valid else math.nan
+    logged_ratio = ratio.detach().masked_fill(~valid, math.nan)
+    return ReAttentionOutput(loss=loss, ratio=logged_ratio, valid=valid, satisfied_fraction=satisfied)
+
+
+def attention_ratio(
+    causal_mass: torch.Tensor, other_mass: torch.Tensor, n_causal: torch.Tensor, n_other: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ratio, valid)``: the ratio ``a_c / a_n`` the loss thresholds, per row (or row-head),
+    and which rows are valid. Same inputs as :func:`reattention_loss`; fp32 inside."""
+    _, _, ratio, valid = _row_means(causal_mass, other_mass, n_causal, n_other)
+    return ratio, valid
+
+
+def _row_means(
+    causal_mass: torch.Tensor, other_mass: torch.Tensor, n_causal: torch.Tensor, n_other: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a_c, a_n, ratio, valid)`` in fp32 (fp64 stays fp64), shaped like the masses."""
     if causal_mass.shape != other_mass.shape or causal_mass.dim() not in (1, 2):
         raise ValueError(f"causal_mass and other_mass must both be [R] or [R, H]; got {tuple(causal_mass.shape)} "
                          f"and {tuple(other_mass.shape)}")
@@ -99,18 +125,8 @@ def reattention_loss(
     valid = (nc >= 1) & (no >= 1)  # [R] or [R, H]
     a_c = cm / nc.clamp_min(1)
     a_n = om / no.clamp_min(1)
-    tiny = torch.finfo(dtype).tiny
-    ratio = a_c / a_n.clamp_min(tiny)  # finite even when the other mass underflows to 0
-    active = valid & (ratio < alpha)
-    # Rows that contribute nothing still pass through the formula (it is vectorised); give them
-    # harmless stand-in values so their unused branch cannot produce inf/NaN gradients.
-    inactive = ~active
-    row_loss = _ROW_LOSS[loss_type](a_c.masked_fill(inactive, 0.0), a_n.masked_fill(inactive, 1.0), alpha)
-    n_valid = int(valid.sum())
-    loss = row_loss.masked_fill(inactive, 0.0).sum() / max(n_valid, 1)
-    satisfied = float((valid & inactive).sum()) / n_valid if n_valid else math.nan
-    logged_ratio = ratio.detach().masked_fill(~valid, math.nan)
-    return ReAttentionOutput(loss=loss, ratio=logged_ratio, valid=valid, satisfied_fraction=satisfied)
+    ratio = a_c / a_n.clamp_min(torch.finfo(dtype).tiny)  # finite even when the other mass underflows to 0
+    return a_c, a_n, ratio, valid
 
 
 def attention_weight(epoch: float, *, decay: float = 1.0, schedule: str = "exp") -> float:
