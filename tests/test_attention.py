@@ -16,7 +16,7 @@ from cattune.attention import (
     resolve_layers,
 )
 from cattune.loss import reattention_loss
-from tiny_models import TINY_MODELS, tiny_llama, tiny_qwen2
+from tiny_models import TINY_MODELS, tiny_gpt2, tiny_llama, tiny_qwen2
 
 B, T = 3, 14
 
@@ -133,6 +133,24 @@ def test_backends_agree_on_sliding_window_layers():
     torch.testing.assert_close(masses.mass["cause"], eager_masses.mass["cause"], atol=1e-6, rtol=1e-5)
     assert recomputed.loss.item() == pytest.approx(eager.loss.item(), abs=1e-5)
     assert_same_grads(grads, eager_grads)
+
+
+def test_recompute_sees_the_probabilities_before_attention_dropout():
+    # GPT-2 drops out attention probabilities in train mode; the recompute backend reports the
+    # probabilities themselves (their expectation under dropout), the same as in eval mode. Only
+    # the first layer is compared: dropout there changes what later layers receive.
+    model = tiny_gpt2(attn_pdrop=0.5)
+    prepare_model_for_cat(model, "recompute")
+    ids, mask = padded_batch(12)
+    sup = supervision_for(mask, 12)
+    found, logits = {}, {}
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad(), capture_row_attention(model, sup, layers=[0]) as cap:
+            out = model(input_ids=ids, attention_mask=mask)
+            found[training], logits[training] = cap.masses(out, mask), out.logits
+    assert not torch.allclose(logits[True], logits[False])  # dropout was active in train mode
+    torch.testing.assert_close(found[True].mass["cause"], found[False].mass["cause"])
 
 
 def test_cat_sdpa_outside_a_capture_is_sdpa():
