@@ -92,3 +92,23 @@ def test_parallel_arms_match_sequential_arms(experiment_run, tmp_path):
         assert par["arms"][arm]["train"]["final_train_loss"] == pytest.approx(seq["arms"][arm]["train"]["final_train_loss"])
         for split in seq["splits"]:
             assert par["arms"][arm]["splits"][split]["accuracy"] == seq["arms"][arm]["splits"][split]["accuracy"]
+
+
+def test_training_file_gets_named_noncausal_spans(tmp_path):
+    """A released-format STG file (no ``noncausal`` field) is trained on with the spans added, so the
+    training logs carry the attention on spurious tokens; the causes stay exactly as annotated."""
+    from cattune.data.records import load_records, write_records
+    from cattune.experiment import with_noncausal_spans
+
+    prompt = ("Here is the statistical data for a person. Please predict the probability of cancer. Certain gene: 5, "
+              "Room size: 6, Clothing size: 4, Exercise: 2, Weight: 4, Hormones: 1, Smoking: 8, Yellow fingers: 12 Answer: ")
+    released = tmp_path / "train.jsonl"
+    write_records(released, [{"input": prompt, "target": "High Risk",
+                              "important": [{"High Risk": ["Exercise: 2", "Weight: 4", "Smoking: 8"]}]}])
+    enriched = with_noncausal_spans(released, "stg", folder=tmp_path / "data")
+    assert enriched != released
+    (rec,) = load_records(enriched)
+    assert rec.extra["noncausal"] == {"spurious": ["Clothing size: 4", "Hormones: 1", "Yellow fingers: 12"],
+                                      "irrelevant": ["Certain gene: 5", "Room size: 6"]}
+    assert [r.causes for r in rec.important] == [("Exercise: 2", "Weight: 4", "Smoking: 8")]
+    assert with_noncausal_spans(enriched, "stg", folder=tmp_path / "data") == enriched  # already has them

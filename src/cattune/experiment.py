@@ -78,7 +78,30 @@ def prepare_data(config: ExperimentConfig, out: Path) -> tuple[Path, dict[str, P
     tests = {**{k: Path(v) for k, v in config.test_files.items()}, **{k: v for k, v in tests.items() if k not in config.test_files}}
     if train_file is None:
         raise FileNotFoundError("the experiment names no training file")
+    if config.flip:
+        train_file = with_noncausal_spans(train_file, config.flip, folder=out / "data")
     return train_file, tests
+
+
+def with_noncausal_spans(train_file: Path, benchmark: str, *, folder: Path) -> Path:
+    """The training file with a ``noncausal`` field (named spurious and irrelevant spans) on every record.
+
+    STG-style prompts name their non-causal values; the field lets training log the attention on
+    them and lets the path constraint (``path_weight``) act on them. The causes (``important``) are
+    kept exactly as in the file. A file whose records all carry the field is used as it is.
+    """
+    records = load_records(train_file)
+    if all(isinstance(rec.extra.get("noncausal"), dict) for rec in records):
+        return train_file
+    target = folder / f"{train_file.stem}.with_spans.jsonl"
+    if not target.exists():
+        spans = _benchmark_module(benchmark).spans
+        enriched = [dataclasses.replace(rec, extra={**rec.extra, "noncausal": spans(rec.input, rec.target)[1]})
+                    for rec in records]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_records(target, enriched)  # atomic
+        logger.info("wrote %s: %d training records with their named non-causal spans", target, len(enriched))
+    return target
 
 
 def _train_config(config: ExperimentConfig, arm: str, seed: int, train_file: Path, run_dir: Path) -> TrainConfig:
