@@ -54,3 +54,11 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(TrainConfig, tmp_path / "config.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["lora"] is False
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads "1e-9" as a string; a user writing lr=1e-4 means a number.
+    assert load_config(TrainConfig, None, ["lr=1e-4", "path_weight=1e-09"]).lr == pytest.approx(1e-4)
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 5e-4\n")
+    assert load_config(TrainConfig, path).lr == pytest.approx(5e-4)

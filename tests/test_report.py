@@ -309,3 +309,28 @@ def test_grid_table_and_plot(tmp_path):
     _assert_png(plot_grid_summary(rows, tmp_path / "grid.png"))
     with pytest.raises(ValueError):
         grid_table([])
+
+
+def test_report_of_a_grid_has_a_grid_table_and_plot(results, tmp_path):
+    from cattune.report import grid_rows
+
+    grid = copy.deepcopy(results)
+    grid["arms"]["augment"] = copy.deepcopy(grid["arms"]["cat"])
+    grid["arms"]["augment"]["splits"]["test_ood"].update(accuracy=0.91, flip_rate=0.028)
+    grid["paired"]["augment:test_ood"] = {"mcnemar": {"b01": 70, "b10": 4, "p_value": 1.7e-10},
+                                          "accuracy_difference": 0.158,
+                                          "flip_mcnemar": {"b01": 70, "b10": 3, "p_value": 2e-12}}
+    for arm in grid["arms"].values():
+        for split in arm["splits"].values():
+            split["per_seed"] = {"42": {"accuracy": split["accuracy"], **({"flip_rate": split["flip_rate"]}
+                                                                          if "flip_rate" in split else {})}}
+    rows = {r["arm"]: r for r in grid_rows(grid)}
+    assert rows["augment"]["ood_mean"] == pytest.approx(0.91) and rows["augment"]["flip_mean"] == pytest.approx(0.028)
+    assert rows["cat"]["ood_p"] == 0.029 and rows["baseline"].get("ood_p") is None
+    assert rows["cat"]["share_cause"] == 0.20 and rows["augment"]["iid_sd"] is None
+    written = write_report(grid, tmp_path / "grid")
+    report = written["report"].read_text()
+    assert "## Grid" in report and "| augment | 1 | 92.2 | 91.0 | 2.8 | 1.7e-10 | 2.0e-12 |" in report
+    _assert_png(written["grid"])
+    # Two arms and one seed: no grid section.
+    assert "## Grid" not in write_report(results, tmp_path / "pair")["report"].read_text()

@@ -266,18 +266,54 @@ class RowMasses:
     n_columns: dict[str, torch.Tensor]  # per set: [R] distinct allowed columns (j <= i, not padding)
     n_allowed: torch.Tensor  # [R] allowed keys of each row
     layers: tuple[int, ...] = field(default_factory=tuple)  # absolute indices of the L layers
+    first: torch.Tensor | None = None  # [L, R, H] mass on the first token where it is allowed and not a cause
+    n_first: torch.Tensor | None = None  # [R] 1 where that holds, else 0
 
     def row_statistics(
-        self, *, per_head: bool = False
+        self, *, per_head: bool = False, per_layer: bool = False, sink: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(causal_mass, other_mass, n_causal, n_other)`` for :func:`cattune.loss.reattention_loss`.
 
-        Masses are averaged over layers, and over heads unless ``per_head`` ([R] or [R, H]).
+        Masses are averaged over layers unless ``per_layer`` and over heads unless ``per_head``:
+        [R], [R, H], [R, L] or [R, L * H]. ``sink=False`` leaves the first token (the attention
+        sink) out of the non-causal side.
         """
-        dims = 0 if per_head else (0, 2)
-        causal, other = self.mass["cause"].mean(dim=dims), self.other.mean(dim=dims)
-        n_causal = self.n_columns["cause"]
-        return causal, other, n_causal, self.n_allowed - n_causal
+        other, n_other = self.other, self.n_allowed - self.n_columns["cause"]
+        if not sink:
+            other, n_other = other - self._first(), n_other - self._n_first()
+        return (self.reduce(self.mass["cause"], per_head=per_head, per_layer=per_layer),
+                self.reduce(other, per_head=per_head, per_layer=per_layer), self.n_columns["cause"], n_other)
+
+    def path_statistics(
+        self, names: Sequence[str], *, per_head: bool = False, per_layer: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rest_mass, named_mass, n_rest, n_named)``: the path constraint's ratio ``a_rest / a_named``
+        in the argument order of :func:`cattune.loss.reattention_loss`, where ``named`` is the union of
+        the (disjoint) column sets ``names`` and ``rest`` every other allowed column."""
+        named = sum(self.mass[n] for n in names)
+        n_named = sum(self.n_columns[n] for n in names)
+        rest = self.mass["cause"] + self.other - named
+        return (self.reduce(rest, per_head=per_head, per_layer=per_layer),
+                self.reduce(named, per_head=per_head, per_layer=per_layer), self.n_allowed - n_named, n_named)
+
+    @staticmethod
+    def reduce(mass: torch.Tensor, *, per_head: bool, per_layer: bool) -> torch.Tensor:
+        """[L, R, H] -> [R], [R, H], [R, L] or [R, L * H]."""
+        if not per_layer:
+            return mass.mean(dim=(0, 2)) if not per_head else mass.mean(dim=0)
+        if not per_head:
+            return mass.mean(dim=2).transpose(0, 1)
+        return mass.permute(1, 0, 2).reshape(mass.shape[1], -1)
+
+    def _first(self) -> torch.Tensor:
+        if self.first is None:
+            raise ValueError("these masses were reduced without the first-token mass")
+        return self.first
+
+    def _n_first(self) -> torch.Tensor:
+        if self.n_first is None:
+            raise ValueError("these masses were reduced without the first-token mass")
+        return self.n_first
 
 
 def allowed_columns(rows: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
@@ -316,8 +352,11 @@ def row_masses(
         member.view(-1).index_fill_(0, flat, True)
         members[name] = member[:, :n_keys] & allowed
     names = list(members)
-    # [S + 1, R, T] weights: one row per set, the last for "allowed but not a cause".
-    weights = torch.stack([members[n] for n in names] + [allowed & ~members["cause"]])
+    first = torch.zeros_like(allowed)
+    first[:, 0] = True
+    first &= allowed & ~members["cause"]
+    # [S + 2, R, T] weights: one row per set, then the first token, then "allowed but not a cause".
+    weights = torch.stack([members[n] for n in names] + [first, allowed & ~members["cause"]])
     per_layer = []
     for probs in row_probabilities:  # [R, H, T]
         dtype = torch.promote_types(probs.dtype, torch.float32)  # fp32, or fp64 when given fp64
@@ -325,13 +364,15 @@ def row_masses(
             per_layer.append(torch.einsum("rht,srt->srh", probs.to(dtype), weights.to(probs.device, dtype)))
     if not per_layer:
         raise ValueError("no layer probabilities to reduce")
-    stacked = torch.stack(per_layer, dim=1)  # [S + 1, L, R, H]
+    stacked = torch.stack(per_layer, dim=1)  # [S + 2, L, R, H]
     return RowMasses(
         mass={n: stacked[k] for k, n in enumerate(names)},
         other=stacked[-1],
         n_columns={n: members[n].sum(-1) for n in names},
         n_allowed=allowed.sum(-1),
         layers=tuple(layers),
+        first=stacked[-2],
+        n_first=first.sum(-1),
     )
 
 

@@ -5,7 +5,11 @@ A batch holds the usual ``input_ids``, ``attention_mask`` (padding) and ``labels
 * ``cat_rows``: ``[R, 2]`` (batch index, query position) of every supervised row;
 * ``cat_pairs_cause``: ``[P, 2]`` (index into ``cat_rows``, key position) of each cause column;
 * ``cat_pairs_<name>``: the same for named non-causal spans (``spurious``, ``irrelevant``) when the
-  records carry a ``noncausal`` field; they feed the logged attention shares and path constraints.
+  records carry a ``noncausal`` field; they feed the logged attention shares and path constraints;
+* with path rows (``build_examples(path_rows=True)``): ``cat_answer_rows`` and ``cat_path_rows``,
+  [R] bool, which of the rows are answer rows (they have cause columns) and which path rows (every
+  position after the first named non-causal token that is not inside a named span). A position
+  can be both; it appears once in ``cat_rows``.
 
 Sequences are padded on the right, so every row's allowed keys are the positions ``j <= i``.
 """
@@ -50,8 +54,12 @@ def build_examples(
     *,
     max_length: int = 256,
     skip_adjacent: bool = True,
+    path_rows: bool = False,
 ) -> ExampleSet:
-    """Encode records into training examples (token ids, labels, rows -> columns)."""
+    """Encode records into training examples (token ids, labels, rows -> columns).
+
+    ``path_rows``: also list the path rows of each example (see the module docstring).
+    """
     stats = MaskStats()
     examples = []
     without_rows = truncated = 0
@@ -65,15 +73,24 @@ def build_examples(
             name: span_columns(enc.text, enc.offsets, spans, max_length=max_length)
             for name, spans in noncausal_spans(rec).items()
         }
-        examples.append(
-            {
-                "input_ids": enc.input_ids,
-                "labels": enc.labels,
-                "cat_rows": enc.rows.rows,
-                "cat_named_columns": named,
-            }
-        )
+        example = {
+            "input_ids": enc.input_ids,
+            "labels": enc.labels,
+            "cat_rows": enc.rows.rows,
+            "cat_named_columns": named,
+        }
+        if path_rows:
+            example["cat_path_rows"] = path_positions(named, len(enc.input_ids))
+        examples.append(example)
     return ExampleSet(examples, stats, without_rows, truncated)
+
+
+def path_positions(named_columns: dict[str, Any], length: int) -> list[int]:
+    """Positions after the first named non-causal token that are not inside a named span."""
+    inside = set().union(*(set(cols) for cols in named_columns.values())) if named_columns else set()
+    if not inside:
+        return []
+    return [i for i in range(min(inside) + 1, length) if i not in inside]
 
 
 class CATCollator:
@@ -89,17 +106,24 @@ class CATCollator:
         labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         rows: list[tuple[int, int]] = []
+        answer: list[bool] = []
+        path: list[bool] = []
         pairs: dict[str, list[tuple[int, int]]] = {"cause": []}
+        with_path = any("cat_path_rows" in f for f in features)
         for b, feat in enumerate(features):
             length = len(feat["input_ids"])
             input_ids[b, :length] = torch.tensor(feat["input_ids"])
             labels[b, :length] = torch.tensor(feat["labels"])
             attention_mask[b, :length] = 1
             named = feat.get("cat_named_columns") or {}
-            for row, cols in sorted(feat.get("cat_rows", {}).items()):
+            causes = feat.get("cat_rows", {})
+            path_rows = set(feat.get("cat_path_rows", ()))
+            for row in sorted(set(causes) | path_rows):
                 r = len(rows)
                 rows.append((b, row))
-                pairs["cause"].extend((r, c) for c in cols)
+                answer.append(row in causes)
+                path.append(row in path_rows)
+                pairs["cause"].extend((r, c) for c in causes.get(row, ()))
                 for name, named_cols in named.items():
                     pairs.setdefault(name, []).extend((r, c) for c in named_cols if c <= row)
         batch = {
@@ -108,6 +132,9 @@ class CATCollator:
             "labels": labels,
             "cat_rows": torch.tensor(rows, dtype=torch.long).reshape(-1, 2),
         }
+        if with_path:
+            batch["cat_answer_rows"] = torch.tensor(answer, dtype=torch.bool)
+            batch["cat_path_rows"] = torch.tensor(path, dtype=torch.bool)
         for name, plist in pairs.items():
             batch[PAIR_PREFIX + name] = torch.tensor(plist, dtype=torch.long).reshape(-1, 2)
         return batch

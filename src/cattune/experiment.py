@@ -161,15 +161,15 @@ class ExperimentRunner:
         run_dir = arm_dir(self.out, arm, seed, self.config.seeds)
         return (run_dir / "model").exists() and (run_dir / "train_summary.json").exists()
 
-    def train_arms_in_parallel(self, arms: list[str], seed: int, train_file: Path) -> None:
-        """Train several arms at once, each in its own process with its share of the CPU threads.
+    def train_arms_in_parallel(self, runs: list[tuple[str, int]], train_file: Path) -> None:
+        """Train several (arm, seed) runs at once, each in its own process with its share of the CPU threads.
 
         On a CPU two single-thread runs side by side finish sooner than two two-thread runs one
         after the other. Each process is an ordinary resumable ``cattune train`` run.
         """
         cfg = self.config
         procs = []
-        for arm in arms:
+        for arm, seed in runs:
             run_dir = arm_dir(self.out, arm, seed, cfg.seeds)
             run_dir.mkdir(parents=True, exist_ok=True)
             request = run_dir / "train_request.yaml"
@@ -178,8 +178,9 @@ class ExperimentRunner:
             cmd = [sys.executable, "-m", "cattune.cli.main", "-q", "train", "--config", str(request), "--resume"]
             procs.append((arm, run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
             logger.info("training %s (seed %d) in a background process; log: %s", arm, seed, run_dir / "train.log")
-        with tqdm(total=len(arms) * _planned_steps(cfg.train, train_file), desc=f"training {', '.join(arms)} (seed {seed})",
-                  unit="step", disable=not self.progress) as bar:
+        names = ", ".join(f"{arm} (seed {seed})" for arm, seed in runs)
+        planned = sum(_planned_steps(_train_config(cfg, arm, seed, train_file, self.out), train_file) for arm, seed in runs)
+        with tqdm(total=planned, desc=f"training {names}", unit="step", disable=not self.progress) as bar:
             while any(p.poll() is None for _, _, p, _ in procs):
                 time.sleep(5)
                 steps = sum(_last_step(run_dir / "metrics.jsonl") for _, run_dir, _, _ in procs)
@@ -303,14 +304,15 @@ class ExperimentRunner:
             base = {"attention": self._cached(self.out / "base" / "attention.json", base_attention)}
 
         per_run: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in cfg.arms}
-        for seed in cfg.seeds:
-            if cfg.parallel_arms > 1:
-                pending = [arm for arm in cfg.arms if not self._trained(arm, seed)]
-                for start in range(0, len(pending), cfg.parallel_arms):
-                    group = pending[start : start + cfg.parallel_arms]
-                    if len(group) > 1:
-                        self.train_arms_in_parallel(group, seed, train_file)
-            for arm in cfg.arms:
+        # Seed by seed, arm by arm; up to parallel_arms untrained runs train at once, and each group
+        # is evaluated before the next trains, so a long grid leaves finished results behind.
+        runs = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
+        pending = [run for run in runs if not self._trained(*run)]
+        groups = [pending[i : i + max(1, cfg.parallel_arms)] for i in range(0, len(pending), max(1, cfg.parallel_arms))]
+        for group in [[run] for run in runs if run not in pending] + groups:
+            if len(group) > 1:
+                self.train_arms_in_parallel(group, train_file)
+            for arm, seed in group:
                 run_dir = self.train_arm(arm, seed, train_file)
                 per_run[arm][seed] = self.evaluate_arm(str(run_dir), run_dir, tests)
                 per_run[arm][seed]["_train"] = json.loads((run_dir / "train_summary.json").read_text())

@@ -801,15 +801,52 @@ def _mean_sd(row: Mapping[str, Any], prefix: str) -> str:
     return f"{_pct(mean)} ± {_pct(sd)}" if sd is not None else _pct(mean)
 
 
+def grid_rows(results: Mapping[str, Any], *, iid: str = "test_iid", ood: str = "test_ood") -> list[dict]:
+    """One row per arm for :func:`grid_table` and :func:`plot_grid_summary`: mean and sd across seeds
+    of IID accuracy, OOD accuracy and OOD flip rate, the paired p-values against the baseline (items
+    pooled over seeds), and the attention shares of the first seed."""
+    rows = []
+    for name, arm in _arms(results).items():
+        row: dict[str, Any] = {"arm": name, "seeds": _seeds(results)}
+        for key, split, measure in (("iid", iid, "accuracy"), ("ood", ood, "accuracy"), ("flip", ood, "flip_rate")):
+            per_seed = ((_split_stats(arm, split) or {}).get("per_seed") or {}).values()
+            values = [float(v[measure]) for v in per_seed if v.get(measure) is not None]
+            row[f"{key}_mean"] = float(np.mean(values)) if values else None
+            row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        if name != BASELINE and BASELINE in _arms(results):
+            paired = _paired(results, name, ood)
+            row["ood_p"] = (paired.get("mcnemar") or {}).get("p_value")
+            row["flip_p"] = (paired.get("flip_mcnemar") or {}).get("p_value")
+        shares = _attention(arm) or {}
+        row["share_cause"], row["share_spurious"] = shares.get("cause"), shares.get("spurious")
+        row["causal_ratio"] = _causal_ratio(arm)
+        rows.append(row)
+    return rows
+
+
 def grid_table(grid_rows: list[dict]) -> str:
     """Markdown table of a multi-variant grid: per arm the mean ± sd across seeds of IID accuracy,
-    OOD accuracy and flip rate."""
+    OOD accuracy and flip rate; where the rows carry them, the paired p-values against the
+    baseline and the attention shares."""
     if not grid_rows:
         raise ValueError("no grid rows to tabulate")
-    rows = [[str(r["arm"]), str(_n_seeds(r) or "—"), _mean_sd(r, "iid"), _mean_sd(r, "ood"), _mean_sd(r, "flip")]
-            for r in grid_rows]
-    table = _md_table(["arm", "seeds", "IID acc %", "OOD acc %", "flip %"], rows)
-    return table + "\n\nCells: mean ± standard deviation across seeds (no ± with one seed). Flip: lower is better."
+    header = ["arm", "seeds", "IID acc %", "OOD acc %", "flip %"]
+    extras = [(key, title, fmt) for key, title, fmt in (
+        ("ood_p", "OOD p vs baseline", _p), ("flip_p", "flip p vs baseline", _p),
+        ("share_cause", "share cause", _share), ("share_spurious", "share spurious", _share),
+        ("causal_ratio", "causal ratio", lambda v: f"{v:.2f}")) if any(r.get(key) is not None for r in grid_rows)]
+    rows = []
+    for r in grid_rows:
+        row = [str(r["arm"]), str(_n_seeds(r) or "—"), _mean_sd(r, "iid"), _mean_sd(r, "ood"), _mean_sd(r, "flip")]
+        row += [fmt(r[key]) if r.get(key) is not None else "—" for key, _, fmt in extras]
+        rows.append(row)
+    table = _md_table(header + [title for _, title, _ in extras], rows)
+    notes = "Cells: mean ± standard deviation across seeds (no ± with one seed). Flip: lower is better."
+    if any(key in ("ood_p", "flip_p") for key, _, _ in extras):
+        notes += " p: exact McNemar, arm vs baseline, items pooled over seeds."
+    if any(key.startswith("share") or key == "causal_ratio" for key, _, _ in extras):
+        notes += " Attention: answer rows, mean over layers and heads, first seed (a diagnostic)."
+    return table + "\n\n" + notes
 
 
 def plot_grid_summary(grid_rows: list[dict], path: str | os.PathLike[str]) -> Path:
@@ -1003,6 +1040,12 @@ def write_report(results: dict, out_dir: str | Path, *, metrics: dict[str, list[
         parts += ["## Attention (diagnostic)",
                   "Share of the supervised rows' attention (mean over layers and heads) on each kind of token.",
                   attention]
+    if len(_arms(results)) > 2 or len(_seeds(results)) > 1:
+        rows = grid_rows(results)
+        if any(r.get("ood_mean") is not None for r in rows):
+            parts += ["## Grid", grid_table(rows)]
+            written["grid"] = plot_grid_summary(rows, out / "grid.png")
+            images.append(("IID/OOD accuracy and flip rate per arm, mean ± sd across seeds", "grid.png"))
     if per_seed := _per_seed_table(results):
         parts += ["## Per seed", per_seed]
     if images:

@@ -52,6 +52,25 @@ class TrainConfig:
     attn_backend: Literal["recompute", "eager"] = "recompute"
     attn_layers: list[int] | None = None  # None: all layers; negative indices count from the end
     attn_per_head: bool = False  # hold every head to alpha instead of the head mean
+    attn_per_layer: bool = False  # hold every chosen layer to alpha instead of the layer mean
+    attn_sink: bool = True  # the first token counts as non-causal (released); false leaves it out of a_n
+
+    # Path constraint (docs/STUDY.md): every position after the first named non-causal token (the
+    # ``noncausal`` field, written by the STG generators) that is not itself inside such a span is
+    # held to ``a_rest / a_noncausal >= path_alpha``: it must attend to the named spurious and
+    # irrelevant tokens less than to the rest, so that no position on the way to the answer can
+    # gather them. By default every (layer, head) is held to the threshold: a mean would let a few
+    # heads keep moving the spurious values along.
+    path_weight: float = 0.0  # 0: off
+    path_alpha: float = 10.0
+    path_loss_type: Literal["div", "div2", "nll", "hinge"] = "hinge"
+    path_schedule: Literal["exp", "constant"] = "constant"  # exp uses attn_decay
+    path_per_head: bool = True
+    path_per_layer: bool = True
+
+    # Counterfactual augmentation (the comparator arm): every epoch sees each training record with
+    # the values of everything that is not an annotated cause redrawn (STG-style data only).
+    augment: Literal["stg", "stg-h"] | None = None
 
     # Logging and checkpoints.
     logging_steps: int = 5
@@ -76,6 +95,8 @@ class TrainConfig:
             problems.append("attn_weight must be >= 0 (0 is the baseline)")
         if self.attn_alpha <= 0:
             problems.append("attn_alpha must be positive")
+        if self.path_weight < 0 or self.path_alpha <= 0:
+            problems.append("path_weight must be >= 0 (0 is off) and path_alpha positive")
         if self.lora and (self.lora_r < 1 or not self.lora_target_modules):
             problems.append("lora needs lora_r >= 1 and at least one lora_target_modules entry")
         if self.limit is not None and self.limit < 1:

@@ -31,7 +31,8 @@ from cattune.collator import PAIR_PREFIX
 from cattune.loss import attention_weight, reattention_loss
 
 
-_CORE_LOGS = ("attn_loss", "attn_ratio", "attn_satisfied", "attn_share_cause", "attn_weight", "lm_loss")
+_CORE_LOGS = ("attn_loss", "attn_ratio", "attn_satisfied", "attn_share_cause", "attn_weight", "lm_loss",
+              "path_loss", "path_satisfied", "path_share_noncausal", "path_weight")
 
 
 @dataclass
@@ -46,14 +47,35 @@ class ReAttentionSettings:
     backend: str = "recompute"
     layers: list[int] | None = None
     per_head: bool = False
+    per_layer: bool = False
+    sink: bool = True  # the first token counts as non-causal
+    # The path constraint (TrainConfig.path_*); it needs batches built with path rows.
+    path_weight: float = 0.0
+    path_alpha: float = 2.0
+    path_loss_type: str = "hinge"
+    path_schedule: str = "constant"
+    path_per_head: bool = True
+    path_per_layer: bool = True
 
 
-def _pop_supervision(inputs: dict[str, Any]) -> RowSupervision | None:
+@dataclass
+class _Supervision:
+    rows: RowSupervision
+    answer: torch.Tensor | None  # [R] bool, None: every row is an answer row
+    path: torch.Tensor | None  # [R] bool, None: no path rows
+
+
+def _pop_supervision(inputs: dict[str, Any]) -> _Supervision | None:
     rows = inputs.pop("cat_rows", None)
     sets = {k[len(PAIR_PREFIX):]: inputs.pop(k) for k in list(inputs) if k.startswith(PAIR_PREFIX)}
+    answer, path = inputs.pop("cat_answer_rows", None), inputs.pop("cat_path_rows", None)
     if rows is None or rows.numel() == 0:
         return None
-    return RowSupervision(rows=rows, column_sets=sets)
+    return _Supervision(RowSupervision(rows=rows, column_sets=sets), answer, path)
+
+
+def _select(stats: tuple[torch.Tensor, ...], rows: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    return stats if rows is None else tuple(t[rows.to(t.device)] for t in stats)
 
 
 class ReAttentionMixin:
@@ -80,6 +102,13 @@ class ReAttentionMixin:
         epoch = math.floor(self.state.epoch or 0.0)  # the released code's integer epoch, from 0
         return s.weight * attention_weight(epoch, decay=s.decay, schedule=s.schedule)
 
+    def current_path_weight(self) -> float:
+        s = self.reattention
+        if s.path_weight == 0:
+            return 0.0
+        epoch = math.floor(self.state.epoch or 0.0)
+        return s.path_weight * attention_weight(epoch, decay=s.decay, schedule=s.path_schedule)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         supervision = _pop_supervision(inputs)
         if supervision is None:
@@ -88,14 +117,22 @@ class ReAttentionMixin:
                 self._record("lm_loss", loss.detach().float().item())
             return (loss, outputs) if return_outputs else loss
         s = self.reattention
-        with capture_row_attention(model, supervision, backend=s.backend, layers=s.layers) as capture:
+        with capture_row_attention(model, supervision.rows, backend=s.backend, layers=s.layers) as capture:
             inputs = {**inputs, **capture.forward_kwargs}
             lm_loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             masses = capture.masses(outputs, inputs.get("attention_mask"))
-        causal, other, n_causal, n_other = masses.row_statistics(per_head=s.per_head)
-        term = reattention_loss(causal, other, n_causal, n_other, alpha=s.alpha, loss_type=s.loss_type)
+        stats = masses.row_statistics(per_head=s.per_head, per_layer=s.per_layer, sink=s.sink)
+        term = reattention_loss(*_select(stats, supervision.answer), alpha=s.alpha, loss_type=s.loss_type)
         weight = self.current_attention_weight()
         loss = lm_loss + weight * term.loss if weight > 0 else lm_loss
+        path_term, path_weight = None, self.current_path_weight()
+        names = [n for n in masses.mass if n != "cause"]
+        if supervision.path is not None and names:
+            path_stats = masses.path_statistics(names, per_head=s.path_per_head, per_layer=s.path_per_layer)
+            path_term = reattention_loss(*_select(path_stats, supervision.path), alpha=s.path_alpha,
+                                         loss_type=s.path_loss_type)
+            if path_weight > 0:
+                loss = loss + path_weight * path_term.loss
         if model.training:
             self._record("lm_loss", lm_loss.detach().float().item())
             self._record("attn_loss", term.loss.detach().float().item())
@@ -103,15 +140,26 @@ class ReAttentionMixin:
             self._record("attn_satisfied", term.satisfied_fraction)
             if term.valid.any():
                 self._record("attn_ratio", term.ratio[term.valid].float().mean().item())
-            self._record_shares(masses)
+            if path_term is not None:
+                self._record("path_loss", path_term.loss.detach().float().item())
+                self._record("path_weight", path_weight)
+                self._record("path_satisfied", path_term.satisfied_fraction)
+                named = sum(masses.mass[n] for n in names).detach().float()[:, supervision.path.to(lm_loss.device)]
+                if named.numel():
+                    self._record("path_share_noncausal", named.mean().item())
+            self._record_shares(masses, supervision.answer)
         if isinstance(outputs, dict) and "attentions" in outputs:
             outputs["attentions"] = None  # eager maps are large; nothing downstream needs them
         return (loss, outputs) if return_outputs else loss
 
-    def _record_shares(self, masses: Any) -> None:
+    def _record_shares(self, masses: Any, answer: torch.Tensor | None) -> None:
         for name, mass in masses.mass.items():
-            # Share of each row's attention (mean over layers and heads) on the set's columns.
-            self._record(f"attn_share_{name}", mass.detach().float().mean().item())
+            # Share of each answer row's attention (mean over layers and heads) on the set's columns.
+            mass = mass.detach().float()
+            if answer is not None:
+                mass = mass[:, answer.to(mass.device)]
+            if mass.numel():
+                self._record(f"attn_share_{name}", mass.mean().item())
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if self._cat_counts and "loss" in logs:

@@ -8,6 +8,7 @@ LoRA adapter, with the tokenizer) and ``train_summary.json``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from cattune import __version__
+from cattune.augment import PerEpochExamples, SelectEpoch, counterfactual_records, epochs_needed
 from cattune.collator import CATCollator, build_examples
 from cattune.config import ConfigError, save_config, to_dict
 from cattune.data.records import load_records
@@ -158,11 +160,29 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
     records = load_records(config.train_file, require_annotation=config.attn_weight > 0)
     if config.limit:
         records = records[: config.limit]
+    if config.path_weight > 0 and not any(isinstance(rec.extra.get("noncausal"), dict) for rec in records):
+        raise ConfigError(f"path_weight > 0 needs named non-causal spans, and no record of {config.train_file} has a "
+                          "'noncausal' field; generate the data with 'cattune data stg' / 'stg-h', or set path_weight=0")
     tokenizer = tokenizer or load_tokenizer(config.model)
-    data = build_examples(records, tokenizer, max_length=config.max_length, skip_adjacent=config.skip_adjacent)
+    encode = functools.partial(build_examples, tokenizer=tokenizer, max_length=config.max_length,
+                               skip_adjacent=config.skip_adjacent, path_rows=config.path_weight > 0)
+    data = encode(records)
     if data.without_rows:
         logger.warning("%d of %d records yield no supervised row; they train on the LM loss only",
                        data.without_rows, len(records))
+    train_dataset: Any = data.examples
+    callbacks: list[TrainerCallback] = []
+    if config.augment:
+        n_copies = epochs_needed(len(records), epochs=config.epochs, max_steps=config.max_steps,
+                                 batch_size=config.batch_size, grad_accum=config.grad_accum,
+                                 world_size=int(os.environ.get("WORLD_SIZE", "1")))
+        train_dataset = PerEpochExamples([
+            encode(counterfactual_records(records, config.augment, seed=config.seed, epoch=e)).examples
+            for e in range(n_copies)
+        ])
+        callbacks.append(SelectEpoch(train_dataset))
+        logger.info("counterfactual augmentation (%s): %d redrawn copies of %d records, one per epoch",
+                    config.augment, n_copies, len(records))
     if model is None:
         model = load_model(config.model)
     if config.gradient_checkpointing:
@@ -199,7 +219,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
     trainer = CATTrainer(
         model=model,
         args=args,
-        train_dataset=data.examples,
+        train_dataset=train_dataset,
         data_collator=CATCollator(tokenizer.pad_token_id),
         reattention=ReAttentionSettings(
             weight=config.attn_weight,
@@ -210,8 +230,16 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
             backend=config.attn_backend,
             layers=config.attn_layers,
             per_head=config.attn_per_head,
+            per_layer=config.attn_per_layer,
+            sink=config.attn_sink,
+            path_weight=config.path_weight,
+            path_alpha=config.path_alpha,
+            path_loss_type=config.path_loss_type,
+            path_schedule=config.path_schedule,
+            path_per_head=config.path_per_head,
+            path_per_layer=config.path_per_layer,
         ),
-        callbacks=[MetricsFile(metrics_path), CompleteMarker(), *_tensorboard(config, out)],
+        callbacks=[MetricsFile(metrics_path), CompleteMarker(), *callbacks, *_tensorboard(config, out)],
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
