@@ -62,3 +62,7 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr: 5e-4\n")
     assert load_config(TrainConfig, path).lr == pytest.approx(5e-4)
+
+
+def test_a_single_value_is_a_one_item_list():
+    assert load_config(TrainConfig, None, ["attn_layers=-1"]).attn_layers == [-1]

@@ -62,6 +62,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp, *_) = get_args(tp) or (Any,)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # seeds=42 means [42]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
