@@ -333,10 +333,12 @@ def row_masses(
     key_valid: torch.Tensor,
     *,
     layers: Sequence[int] = (),
+    first_token: bool = False,
 ) -> RowMasses:
     """Reduce per-layer row probabilities ([R, H, T] each) to masses per column set.
 
-    ``key_valid``: [B, T] bool (False at padding). Both backends and the diagnostics end here.
+    ``key_valid``: [B, T] bool (False at padding). ``first_token``: also reduce the mass on the
+    first token (needed by ``row_statistics(sink=False)``). Both backends and the diagnostics end here.
     """
     rows = supervision.rows.to(key_valid.device)
     n_rows, n_keys = len(rows), key_valid.shape[1]
@@ -352,11 +354,15 @@ def row_masses(
         member.view(-1).index_fill_(0, flat, True)
         members[name] = member[:, :n_keys] & allowed
     names = list(members)
-    first = torch.zeros_like(allowed)
-    first[:, 0] = True
-    first &= allowed & ~members["cause"]
-    # [S + 2, R, T] weights: one row per set, then the first token, then "allowed but not a cause".
-    weights = torch.stack([members[n] for n in names] + [first, allowed & ~members["cause"]])
+    extra = []
+    if first_token:
+        first = torch.zeros_like(allowed)
+        first[:, 0] = True
+        first &= allowed & ~members["cause"]
+        extra.append(first)
+    # [S + 1 (+ 1), R, T] weights: one row per set, the first token when asked, then "allowed but
+    # not a cause".
+    weights = torch.stack([members[n] for n in names] + extra + [allowed & ~members["cause"]])
     per_layer = []
     for probs in row_probabilities:  # [R, H, T]
         dtype = torch.promote_types(probs.dtype, torch.float32)  # fp32, or fp64 when given fp64
@@ -371,8 +377,8 @@ def row_masses(
         n_columns={n: members[n].sum(-1) for n in names},
         n_allowed=allowed.sum(-1),
         layers=tuple(layers),
-        first=stacked[-2],
-        n_first=first.sum(-1),
+        first=stacked[-2] if first_token else None,
+        n_first=first.sum(-1) if first_token else None,
     )
 
 
@@ -562,15 +568,18 @@ class RowAttentionCapture:
             raise CATAttentionError("call masses() / row_probabilities() inside the capture_row_attention block "
                                     "(the captured tensors are released when it exits)")
 
-    def masses(self, outputs: Any = None, attention_mask: torch.Tensor | None = None) -> RowMasses:
+    def masses(self, outputs: Any = None, attention_mask: torch.Tensor | None = None, *,
+               first_token: bool = False) -> RowMasses:
         """Per-set attention masses of the supervised rows after the forward inside the block.
 
         ``attention_mask``: the [B, T] padding mask given to the model (None: no padding).
-        ``outputs``: the model outputs (needed by the eager backend).
+        ``outputs``: the model outputs (needed by the eager backend). ``first_token``: see
+        :func:`row_masses`.
         """
         self._check_open()
         key_valid = self._key_valid(attention_mask, outputs)
-        return row_masses(self._layer_row_probabilities(outputs), self.supervision, key_valid, layers=self.layers)
+        return row_masses(self._layer_row_probabilities(outputs), self.supervision, key_valid, layers=self.layers,
+                          first_token=first_token)
 
     def row_probabilities(self, outputs: Any = None) -> torch.Tensor:
         """[L, R, H, T] fp32 probabilities of the supervised rows (for maps and diagnostics)."""

@@ -120,7 +120,7 @@ class ReAttentionMixin:
         with capture_row_attention(model, supervision.rows, backend=s.backend, layers=s.layers) as capture:
             inputs = {**inputs, **capture.forward_kwargs}
             lm_loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-            masses = capture.masses(outputs, inputs.get("attention_mask"))
+            masses = capture.masses(outputs, inputs.get("attention_mask"), first_token=not s.sink)
         stats = masses.row_statistics(per_head=s.per_head, per_layer=s.per_layer, sink=s.sink)
         term = reattention_loss(*_select(stats, supervision.answer), alpha=s.alpha, loss_type=s.loss_type)
         weight = self.current_attention_weight()
