@@ -362,15 +362,20 @@ def row_masses(
         extra.append(first)
     # [S + 1 (+ 1), R, T] weights: one row per set, the first token when asked, then "allowed but
     # not a cause".
-    weights = torch.stack([members[n] for n in names] + extra + [allowed & ~members["cause"]])
+    # members are subsets of allowed, so xor leaves the allowed non-cause columns.
+    weights = torch.stack([members[n] for n in names] + extra + [allowed ^ members["cause"]], dim=-1)  # [R, T, S']
     per_layer = []
+    converted: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # converted once, not per layer
     for probs in row_probabilities:  # [R, H, T]
         dtype = torch.promote_types(probs.dtype, torch.float32)  # fp32, or fp64 when given fp64
+        key = (probs.device, dtype)
+        if key not in converted:
+            converted[key] = weights.to(probs.device, dtype)
         with torch.autocast(device_type=probs.device.type, enabled=False):
-            per_layer.append(torch.einsum("rht,srt->srh", probs.to(dtype), weights.to(probs.device, dtype)))
+            per_layer.append(torch.bmm(probs.to(dtype), converted[key]))  # [R, H, S']
     if not per_layer:
         raise ValueError("no layer probabilities to reduce")
-    stacked = torch.stack(per_layer, dim=1)  # [S + 2, L, R, H]
+    stacked = torch.stack(per_layer).permute(3, 0, 1, 2)  # [S', L, R, H]
     return RowMasses(
         mass={n: stacked[k] for k, n in enumerate(names)},
         other=stacked[-1],

@@ -90,9 +90,9 @@ def reattention_loss(
     # harmless stand-in values so their unused branch cannot produce inf/NaN gradients.
     inactive = ~active
     row_loss = _ROW_LOSS[loss_type](a_c.masked_fill(inactive, 0.0), a_n.masked_fill(inactive, 1.0), alpha)
-    n_valid = int(valid.sum())
+    n_valid, n_active = int(valid.sum()), int(active.sum())
     loss = row_loss.masked_fill(inactive, 0.0).sum() / max(n_valid, 1)
-    satisfied = float((valid & inactive).sum()) / n_valid if n_valid else math.nan
+    satisfied = (n_valid - n_active) / n_valid if n_valid else math.nan
     logged_ratio = ratio.detach().masked_fill(~valid, math.nan)
     return ReAttentionOutput(loss=loss, ratio=logged_ratio, valid=valid, satisfied_fraction=satisfied)
 
@@ -122,7 +122,7 @@ def _row_means(
     if cm.dim() == 2:  # per-head mode: the counts are the row's, shared by its heads
         nc, no = nc[:, None].expand_as(cm), no[:, None].expand_as(cm)
 
-    valid = (nc >= 1) & (no >= 1)  # [R] or [R, H]
+    valid = torch.minimum(nc, no) >= 1  # [R] or [R, H]
     a_c = cm / nc.clamp_min(1)
     a_n = om / no.clamp_min(1)
     ratio = a_c / a_n.clamp_min(torch.finfo(dtype).tiny)  # finite even when the other mass underflows to 0
