@@ -125,3 +125,32 @@ def test_row_attention_map_matches_dense_eager_rows():
     torch.testing.assert_close(chosen, dense[[1, 3]], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="no supervised rows"):
         row_attention_map(model, tokenizer, UNANNOTATED)
+
+
+def test_path_attention_matches_the_dense_definition():
+    from cattune.collator import path_positions
+    from cattune.diagnostics import path_attention
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    records, spans = [r for r, _ in RECORDS], [s for _, s in RECORDS]
+    result = path_attention(model, tokenizer, records, spans, batch_size=2)
+    model.set_attn_implementation("eager")
+    mean_sum = max_sum = 0.0
+    n_rows = 0
+    for record, named in zip(records, spans):
+        example = encode_record(tokenizer, record)
+        columns = {name: span_columns(example.text, example.offsets, values) for name, values in named.items()}
+        inside = set().union(*map(set, columns.values()))
+        with torch.no_grad():
+            maps = model(input_ids=torch.tensor([example.input_ids]), output_attentions=True).attentions
+        for row in path_positions(columns, len(example.input_ids)):
+            n_rows += 1
+            for layer_map in maps:
+                per_head = sum(layer_map[0, :, row, j] for j in inside if j <= row)  # [H]
+                mean_sum += float(per_head.mean()) / len(maps)
+                max_sum += float(per_head.max()) / len(maps)
+    model.set_attn_implementation("sdpa")
+    assert result["rows"] == n_rows > 0 and result["records"] == 3
+    assert result["share"] == pytest.approx(mean_sum / n_rows, abs=1e-5)
+    assert result["max_head_share"] == pytest.approx(max_sum / n_rows, abs=1e-5)
+    assert result["max_head_share"] > result["share"] > 0

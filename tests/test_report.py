@@ -324,13 +324,16 @@ def test_report_of_a_grid_has_a_grid_table_and_plot(results, tmp_path):
         for split in arm["splits"].values():
             split["per_seed"] = {"42": {"accuracy": split["accuracy"], **({"flip_rate": split["flip_rate"]}
                                                                           if "flip_rate" in split else {})}}
+    grid["arms"]["cat"]["attention"]["path"] = {"share": 0.05, "max_head_share": 0.31}
     rows = {r["arm"]: r for r in grid_rows(grid)}
+    assert rows["cat"]["path_share"] == 0.05 and rows["baseline"]["path_share"] is None
     assert rows["augment"]["ood_mean"] == pytest.approx(0.91) and rows["augment"]["flip_mean"] == pytest.approx(0.028)
     assert rows["cat"]["ood_p"] == 0.029 and rows["baseline"].get("ood_p") is None
     assert rows["cat"]["share_cause"] == 0.20 and rows["augment"]["iid_sd"] is None
     written = write_report(grid, tmp_path / "grid")
     report = written["report"].read_text()
     assert "## Grid" in report and "| augment | 1 | 92.2 | 91.0 | 2.8 | 1.7e-10 | 2.0e-12 |" in report
+    assert "| 5.0% | 31.0% |" in report and "5.0% / 31.0%" in report  # grid and attention tables
     _assert_png(written["grid"])
     # Two arms and one seed: no grid section.
     assert "## Grid" not in write_report(results, tmp_path / "pair")["report"].read_text()

@@ -168,6 +168,60 @@ def attention_shares(
     }
 
 
+def path_attention(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: Sequence[Record],
+    column_spans: Sequence[Mapping[str, Sequence[str]]],
+    *,
+    backend: str = "recompute",
+    batch_size: int = 8,
+    max_length: int = 256,
+) -> dict[str, Any]:
+    """How much the positions after the named non-causal spans read them: the path rows of the path
+    constraint (every position after the first named token, outside the named spans).
+
+    Returns ``{"share", "per_layer", "max_head_share", "max_head_per_layer", "rows", "records"}``:
+    the attention share on the named spans, averaged over heads (``share``) and for the head that
+    reads them most (``max_head_share``), averaged over rows and layers (and per layer). The answer
+    rows alone cannot show whether earlier positions carry the shortcut forward; this can.
+    """
+    from cattune.collator import path_positions
+
+    if len(column_spans) != len(records):
+        raise ValueError(f"column_spans has {len(column_spans)} entries for {len(records)} records")
+    encoded = []
+    for record, spans in zip(records, column_spans):
+        example = encode_record(tokenizer, record, max_length=max_length)
+        named = {name: span_columns(example.text, example.offsets, list(values), max_length=max_length)
+                 for name, values in spans.items()}
+        rows = path_positions(named, len(example.input_ids))
+        if rows:
+            columns = sorted(set().union(*(set(c) for c in named.values())))
+            encoded.append((example, {row: tuple(c for c in columns if c <= row) for row in rows}))
+    if not encoded:
+        return {}
+    mean_sum = max_sum = None
+    n_rows = 0
+    with _inspection_mode(model, backend):
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            ids, mask = _padded([e for e, _ in chunk], _pad_id(tokenizer))
+            supervision = RowSupervision.from_row_columns([{r: () for r in rows} for _, rows in chunk],
+                                                          {"noncausal": [rows for _, rows in chunk]})
+            device = next(model.parameters()).device
+            with capture_row_attention(model, supervision, backend=backend) as cap:
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), **cap.forward_kwargs)
+                mass = cap.masses(out, mask.to(device)).mass["noncausal"].double().cpu()  # [L, R, H]
+            mean_sum = mass.mean(-1).sum(-1) + (0 if mean_sum is None else mean_sum)
+            max_sum = mass.amax(-1).sum(-1) + (0 if max_sum is None else max_sum)
+            n_rows += mass.shape[1]
+    per_layer, max_per_layer = (mean_sum / n_rows).tolist(), (max_sum / n_rows).tolist()
+    return {"share": sum(per_layer) / len(per_layer), "per_layer": per_layer,
+            "max_head_share": sum(max_per_layer) / len(max_per_layer), "max_head_per_layer": max_per_layer,
+            "rows": n_rows, "records": len(encoded)}
+
+
 def row_attention_map(
     model: torch.nn.Module,
     tokenizer: Any,

@@ -248,15 +248,18 @@ class ExperimentRunner:
         return results
 
     def attention(self, model: Any, tests: dict[str, Path]) -> dict[str, Any]:
-        from cattune.diagnostics import attention_shares
+        from cattune.diagnostics import attention_shares, path_attention
 
         split = self.config.heatmap_split if self.config.heatmap_split in tests else next(iter(tests))
         records = self._test_records(tests[split])[: self.config.diagnostics_limit]
         records, spans = _annotated_for_diagnostics(records, self.config.flip)
         if not records:
             return {}
-        return attention_shares(model, self.tokenizer, records, spans, backend=self.config.train.attn_backend,
-                                batch_size=self.config.eval_batch_size)
+        backend, batch = self.config.train.attn_backend, self.config.eval_batch_size
+        shares = attention_shares(model, self.tokenizer, records, spans, backend=backend, batch_size=batch)
+        if any(spans):
+            shares["path"] = path_attention(model, self.tokenizer, records, spans, backend=backend, batch_size=batch)
+        return shares
 
     def heatmap(self, model: Any, tests: dict[str, Path]) -> dict[str, Any]:
         """The mean attention of one OOD example's supervised rows, with token categories."""

@@ -445,6 +445,12 @@ def _attention(block: Mapping[str, Any] | None) -> dict[str, float] | None:
     return flat if "cause" in flat else None
 
 
+def _path_block(block: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The attention of the positions after the non-causal spans (``diagnostics.path_attention``)."""
+    path = ((block or {}).get("attention") or {}).get("path")
+    return path if isinstance(path, Mapping) else {}
+
+
 def _causal_ratio(block: Mapping[str, Any] | None) -> float | None:
     ratio = ((block or {}).get("attention") or {}).get("causal_ratio")
     return float(ratio) if isinstance(ratio, (int, float)) and math.isfinite(ratio) else None
@@ -820,6 +826,8 @@ def grid_rows(results: Mapping[str, Any], *, iid: str = "test_iid", ood: str = "
         shares = _attention(arm) or {}
         row["share_cause"], row["share_spurious"] = shares.get("cause"), shares.get("spurious")
         row["causal_ratio"] = _causal_ratio(arm)
+        path = _path_block(arm)
+        row["path_share"], row["path_max_head"] = path.get("share"), path.get("max_head_share")
         rows.append(row)
     return rows
 
@@ -834,7 +842,9 @@ def grid_table(grid_rows: list[dict]) -> str:
     extras = [(key, title, fmt) for key, title, fmt in (
         ("ood_p", "OOD p vs baseline", _p), ("flip_p", "flip p vs baseline", _p),
         ("share_cause", "share cause", _share), ("share_spurious", "share spurious", _share),
-        ("causal_ratio", "causal ratio", lambda v: f"{v:.2f}")) if any(r.get(key) is not None for r in grid_rows)]
+        ("causal_ratio", "causal ratio", lambda v: f"{v:.2f}"),
+        ("path_share", "later rows on non-causal", _share),
+        ("path_max_head", "same, top head", _share)) if any(r.get(key) is not None for r in grid_rows)]
     rows = []
     for r in grid_rows:
         row = [str(r["arm"]), str(_n_seeds(r) or "—"), _mean_sd(r, "iid"), _mean_sd(r, "ood"), _mean_sd(r, "flip")]
@@ -846,6 +856,9 @@ def grid_table(grid_rows: list[dict]) -> str:
         notes += " p: exact McNemar, arm vs baseline, items pooled over seeds."
     if any(key.startswith("share") or key == "causal_ratio" for key, _, _ in extras):
         notes += " Attention: answer rows, mean over layers and heads, first seed (a diagnostic)."
+    if any(key.startswith("path") for key, _, _ in extras):
+        notes += (" Later rows: the share that every position after the first spurious or irrelevant token"
+                  " puts on those tokens (mean over heads, and the head that reads them most), mean over layers.")
     return table + "\n\n" + notes
 
 
@@ -962,20 +975,26 @@ def _summary(results: Mapping[str, Any]) -> str:
 def _attention_table(results: Mapping[str, Any]) -> str | None:
     sources = {"model before training": results.get("base_model"),
                **{_arm_label(n): a for n, a in _arms(results).items()}}
-    blocks = {name: (shares, _causal_ratio(block)) for name, block in sources.items()
+    blocks = {name: (shares, _causal_ratio(block), _path_block(block)) for name, block in sources.items()
               if (shares := _attention(block))}
     if not blocks:
         return None
-    found = {k for shares, _ in blocks.values() for k in shares}
+    found = {k for shares, _, _ in blocks.values() for k in shares}
     categories = [c for c in ATTENTION_CATEGORIES if c in found] + sorted(found - set(ATTENTION_CATEGORIES))
-    with_ratio = any(ratio is not None for _, ratio in blocks.values())
+    with_ratio = any(ratio is not None for _, ratio, _ in blocks.values())
+    with_path = any(path.get("share") is not None for _, _, path in blocks.values())
     rows = []
-    for name, (shares, ratio) in blocks.items():
+    for name, (shares, ratio, path) in blocks.items():
         row = [name] + [_share(shares[c]) if c in shares else "—" for c in categories]
         if with_ratio:
             row.append(f"{ratio:.2f}" if ratio is not None else "—")
+        if with_path:
+            row.append(f"{_share(path['share'])} / {_share(path['max_head_share'])}" if path.get("share") is not None
+                       else "—")
         rows.append(row)
-    return _md_table(["attention share on", *categories] + (["causal ratio"] if with_ratio else []), rows)
+    header = ["attention share on", *categories] + (["causal ratio"] if with_ratio else [])
+    header += ["later rows on non-causal (mean head / top head)"] if with_path else []
+    return _md_table(header, rows)
 
 
 def _per_seed_table(results: Mapping[str, Any]) -> str | None:
