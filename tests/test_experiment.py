@@ -112,3 +112,30 @@ def test_training_file_gets_named_noncausal_spans(tmp_path):
                                       "irrelevant": ["Certain gene: 5", "Room size: 6"]}
     assert [r.causes for r in rec.important] == [("Exercise: 2", "Weight: 4", "Smoking: 8")]
     assert with_noncausal_spans(enriched, "stg", folder=tmp_path / "data") == enriched  # already has them
+
+
+def test_a_grid_of_variants_and_seeds(experiment_run, tmp_path):
+    """Variant arms over two seeds, two runs at a time: every (arm, seed) trained once, results per
+    seed, paired tests per arm, the grid table, and the later-rows diagnostic."""
+    _, config = experiment_run
+    data = yaml.safe_load(config.read_text())
+    data.update(output_dir=str(tmp_path / "grid"), parallel_arms=2, seeds=[1, 2], diagnostics_limit=2,
+                arms={"baseline": {"attn_weight": 0.0}, "cat-path": {"path_weight": 1.0},
+                      "augment": {"attn_weight": 0.0, "augment": "stg"}})
+    data["train"]["max_steps"] = 2
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["experiment", "--config", str(path)]) == 0
+    out = tmp_path / "grid"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"baseline", "cat-path", "augment"} and results["seeds"] == [1, 2]
+    for arm in results["arms"]:
+        for folder in (out / arm, out / f"{arm}-seed2"):
+            assert json.loads((folder / "train_summary.json").read_text())["global_step"] == 2
+        assert set(results["arms"][arm]["splits"]["test_ood"]["per_seed"]) == {"1", "2"}
+    assert "cat-path:test_ood" in results["paired"] and "augment:test_ood" in results["paired"]
+    metrics = [json.loads(line) for line in (out / "cat-path" / "metrics.jsonl").read_text().splitlines()]
+    assert any("path_loss" in row for row in metrics)
+    assert "path" in json.loads((out / "cat-path" / "attention.json").read_text())
+    report = (out / "report.md").read_text()
+    assert "## Grid" in report and (out / "grid.png").exists()
