@@ -47,6 +47,7 @@ def test_results_json_has_every_figure(experiment_run):
         assert results["arms"][arm]["attention"]["share"]["cause"] >= 0
     assert results["paired"]["test_ood"]["mcnemar"]["p_value"] <= 1
     assert results["cattune_version"] and "git_revision" in results and results["config"]["name"] == "tiny"
+    assert "git_revision" in results["arms"]["cat"]["train"]  # the revision each arm trained with
     assert results["base_model"]["attention"]["share"]
 
 

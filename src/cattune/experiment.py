@@ -292,6 +292,7 @@ class ExperimentRunner:
         from cattune.report import write_report
 
         cfg = self.config
+        revision = git_revision()  # now: the code may change on disk while a long run goes on
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
         train_file, tests = prepare_data(cfg, self.out)
@@ -319,7 +320,7 @@ class ExperimentRunner:
                 run_dir = self.train_arm(arm, seed, train_file)
                 per_run[arm][seed] = self.evaluate_arm(str(run_dir), run_dir, tests)
                 per_run[arm][seed]["_train"] = json.loads((run_dir / "train_summary.json").read_text())
-        results = aggregate(cfg, per_run, list(tests), base)
+        results = aggregate(cfg, per_run, list(tests), base, revision=revision)
         atomic_write_json(self.out / "results.json", results)
         metrics = {arm: _read_metrics(arm_dir(self.out, arm, cfg.seeds[0], cfg.seeds) / "metrics.jsonl") for arm in cfg.arms}
         heatmaps = {arm: per_run[arm][cfg.seeds[0]].get("_heatmap") for arm in cfg.arms}
@@ -351,7 +352,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, Any]]], splits: list[str],
-              base: dict[str, Any]) -> dict[str, Any]:
+              base: dict[str, Any], *, revision: str | None = None) -> dict[str, Any]:
     """Combine per-arm, per-seed evaluations into the results.json structure."""
     from cattune.stats import mcnemar_exact, paired_bootstrap, seed_summary
 
@@ -394,7 +395,8 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
             "splits": arm_splits,
             "attention": first.get("_attention") or None,
             "train": {"steps": train.get("global_step"), "seconds": (train.get("metrics") or {}).get("train_runtime"),
-                      "final_train_loss": train.get("train_loss"), "overrides": config.arms[arm]},
+                      "final_train_loss": train.get("train_loss"), "overrides": config.arms[arm],
+                      "git_revision": train.get("git_revision")},
         }
 
     paired: dict[str, Any] = {}
@@ -424,7 +426,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
     return {
         "name": config.name,
         "cattune_version": __version__,
-        "git_revision": git_revision(),  # of the code that ran, not of the working folder
+        "git_revision": revision,  # at the start of this invocation (each arm's training: arms.<arm>.train)
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(config),
         "seeds": seeds,

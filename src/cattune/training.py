@@ -27,6 +27,7 @@ from cattune.augment import PerEpochExamples, SelectEpoch, counterfactual_record
 from cattune.collator import CATCollator, build_examples
 from cattune.config import ConfigError, save_config, to_dict
 from cattune.data.records import load_records
+from cattune.evaluate import git_revision
 from cattune.files import atomic_write_json
 from cattune.models import EMBEDDED_MODELS, load_model, load_tokenizer
 from cattune.train_config import TrainConfig
@@ -147,6 +148,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
         checkpoint = last_complete_checkpoint(out)
         if not resume and checkpoint is not None:
             raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue it or choose another output_dir")
+    revision = git_revision()  # the code this invocation runs (it may change on disk meanwhile)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     metrics_path = out / "metrics.jsonl"
@@ -259,6 +261,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
         os.replace(tmp, model_dir)
     summary = {
         "cattune_version": __version__,
+        "git_revision": revision,
         "global_step": result.global_step,
         "train_loss": result.training_loss,
         "records": len(records),
