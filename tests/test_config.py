@@ -66,3 +66,11 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
 
 def test_a_single_value_is_a_one_item_list():
     assert load_config(TrainConfig, None, ["attn_layers=-1"]).attn_layers == [-1]
+
+
+def test_comma_separated_numbers_are_a_list_of_numbers():
+    from cattune.experiment_config import ExperimentConfig
+
+    cfg = load_config(ExperimentConfig, None, ["seeds=42,43,44", "train_file=t.jsonl", "test_files={a: b.jsonl}"])
+    assert cfg.seeds == [42, 43, 44]
+    assert load_config(TrainConfig, None, ["lora_target_modules=q_proj,v_proj"]).lora_target_modules == ["q_proj", "v_proj"]

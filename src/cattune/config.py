@@ -60,8 +60,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} is not valid; choose {_describe(tp)}")
     if origin in (list, Sequence, tuple):
         (item_tp, *_) = get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "a,b" or "1,2": each item read as YAML, like a value on its own
+            value = [yaml.safe_load(v.strip()) for v in value.split(",") if v.strip()]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # seeds=42 means [42]
         if not isinstance(value, (list, tuple)):
