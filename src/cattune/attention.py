@@ -280,7 +280,9 @@ class RowMasses:
         """
         other, n_other = self.other, self.n_allowed - self.n_columns["cause"]
         if not sink:
-            other, n_other = other - self._first(), n_other - self._n_first()
+            if self.first is None or self.n_first is None:
+                raise ValueError("these masses were reduced without the first-token mass (row_masses(first_token=True))")
+            other, n_other = other - self.first, n_other - self.n_first
         return (self.reduce(self.mass["cause"], per_head=per_head, per_layer=per_layer),
                 self.reduce(other, per_head=per_head, per_layer=per_layer), self.n_columns["cause"], n_other)
 
@@ -290,11 +292,15 @@ class RowMasses:
         """``(rest_mass, named_mass, n_rest, n_named)``: the path constraint's ratio ``a_rest / a_named``
         in the argument order of :func:`cattune.loss.reattention_loss`, where ``named`` is the union of
         the (disjoint) column sets ``names`` and ``rest`` every other allowed column."""
-        named = sum(self.mass[n] for n in names)
+        named = self.union_mass(names)
         n_named = sum(self.n_columns[n] for n in names)
         rest = self.mass["cause"] + self.other - named
         return (self.reduce(rest, per_head=per_head, per_layer=per_layer),
                 self.reduce(named, per_head=per_head, per_layer=per_layer), self.n_allowed - n_named, n_named)
+
+    def union_mass(self, names: Sequence[str]) -> torch.Tensor:
+        """[L, R, H] mass on the union of the (disjoint) column sets ``names``."""
+        return sum(self.mass[n] for n in names)
 
     @staticmethod
     def reduce(mass: torch.Tensor, *, per_head: bool, per_layer: bool) -> torch.Tensor:
@@ -304,16 +310,6 @@ class RowMasses:
         if not per_head:
             return mass.mean(dim=2).transpose(0, 1)
         return mass.permute(1, 0, 2).reshape(mass.shape[1], -1)
-
-    def _first(self) -> torch.Tensor:
-        if self.first is None:
-            raise ValueError("these masses were reduced without the first-token mass")
-        return self.first
-
-    def _n_first(self) -> torch.Tensor:
-        if self.n_first is None:
-            raise ValueError("these masses were reduced without the first-token mass")
-        return self.n_first
 
 
 def allowed_columns(rows: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
@@ -360,9 +356,8 @@ def row_masses(
         first[:, 0] = True
         first &= allowed & ~members["cause"]
         extra.append(first)
-    # [S + 1 (+ 1), R, T] weights: one row per set, the first token when asked, then "allowed but
-    # not a cause".
-    # members are subsets of allowed, so xor leaves the allowed non-cause columns.
+    # [R, T, S'] weights, S' = one per set, the first token when asked, then "allowed but not a
+    # cause" (members are subsets of allowed, so xor leaves the allowed non-cause columns).
     weights = torch.stack([members[n] for n in names] + extra + [allowed ^ members["cause"]], dim=-1)  # [R, T, S']
     per_layer = []
     converted: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # converted once, not per layer

@@ -201,7 +201,8 @@ def path_attention(
             encoded.append((example, {row: tuple(c for c in columns if c <= row) for row in rows}))
     if not encoded:
         return {}
-    mean_sum = max_sum = None
+    mean_sum: torch.Tensor | float = 0.0  # [L] after the first batch
+    max_sum: torch.Tensor | float = 0.0
     n_rows = 0
     with _inspection_mode(model, backend):
         for start in range(0, len(encoded), batch_size):
@@ -213,8 +214,8 @@ def path_attention(
             with capture_row_attention(model, supervision, backend=backend) as cap:
                 out = model(input_ids=ids.to(device), attention_mask=mask.to(device), **cap.forward_kwargs)
                 mass = cap.masses(out, mask.to(device)).mass["noncausal"].double().cpu()  # [L, R, H]
-            mean_sum = mass.mean(-1).sum(-1) + (0 if mean_sum is None else mean_sum)
-            max_sum = mass.amax(-1).sum(-1) + (0 if max_sum is None else max_sum)
+            mean_sum = mean_sum + mass.mean(-1).sum(-1)
+            max_sum = max_sum + mass.amax(-1).sum(-1)
             n_rows += mass.shape[1]
     per_layer, max_per_layer = (mean_sum / n_rows).tolist(), (max_sum / n_rows).tolist()
     return {"share": sum(per_layer) / len(per_layer), "per_layer": per_layer,

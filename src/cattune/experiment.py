@@ -169,17 +169,19 @@ class ExperimentRunner:
         """
         cfg = self.config
         procs = []
+        planned = 0
         for arm, seed in runs:
             run_dir = arm_dir(self.out, arm, seed, cfg.seeds)
             run_dir.mkdir(parents=True, exist_ok=True)
             request = run_dir / "train_request.yaml"
-            save_config(_train_config(cfg, arm, seed, train_file, run_dir), request)
+            train_config = _train_config(cfg, arm, seed, train_file, run_dir)
+            planned += _planned_steps(train_config, train_file)
+            save_config(train_config, request)
             log = (run_dir / "train.log").open("a")
             cmd = [sys.executable, "-m", "cattune.cli.main", "-q", "train", "--config", str(request), "--resume"]
             procs.append((arm, run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
             logger.info("training %s (seed %d) in a background process; log: %s", arm, seed, run_dir / "train.log")
         names = ", ".join(f"{arm} (seed {seed})" for arm, seed in runs)
-        planned = sum(_planned_steps(_train_config(cfg, arm, seed, train_file, self.out), train_file) for arm, seed in runs)
         with tqdm(total=planned, desc=f"training {names}", unit="step", disable=not self.progress) as bar:
             while any(p.poll() is None for _, _, p, _ in procs):
                 time.sleep(5)
@@ -312,7 +314,8 @@ class ExperimentRunner:
         # is evaluated before the next trains, so a long grid leaves finished results behind.
         runs = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
         pending = [run for run in runs if not self._trained(*run)]
-        groups = [pending[i : i + max(1, cfg.parallel_arms)] for i in range(0, len(pending), max(1, cfg.parallel_arms))]
+        size = max(1, cfg.parallel_arms)
+        groups = [pending[i : i + size] for i in range(0, len(pending), size)]
         for group in [[run] for run in runs if run not in pending] + groups:
             if len(group) > 1:
                 self.train_arms_in_parallel(group, train_file)

@@ -24,7 +24,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from cattune import __version__
 from cattune.augment import PerEpochExamples, SelectEpoch, counterfactual_records, epochs_needed
-from cattune.collator import CATCollator, build_examples
+from cattune.collator import CATCollator, build_examples, noncausal_spans
 from cattune.config import ConfigError, save_config, to_dict
 from cattune.data.records import load_records
 from cattune.evaluate import git_revision
@@ -162,7 +162,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
     records = load_records(config.train_file, require_annotation=config.attn_weight > 0)
     if config.limit:
         records = records[: config.limit]
-    if config.path_weight > 0 and not any(isinstance(rec.extra.get("noncausal"), dict) for rec in records):
+    if config.path_weight > 0 and not any(noncausal_spans(rec) for rec in records):
         raise ConfigError(f"path_weight > 0 needs named non-causal spans, and no record of {config.train_file} has a "
                           "'noncausal' field; generate the data with 'cattune data stg' / 'stg-h', or set path_weight=0")
     tokenizer = tokenizer or load_tokenizer(config.model)
