@@ -107,6 +107,22 @@ def test_flip_rate_with_the_stg_perturbation(tmp_path, tiny_model_dir):
     assert flip["rate"] == flip["flips"] / 8
 
 
+def test_same_length_flip_rate(tmp_path, tiny_model_dir, capsys):
+    pytest.importorskip("cattune.data.stg")
+    data = write_stg_file(tmp_path / "ood.jsonl", n=8)
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--flip-rate", "stg", "--same-length",
+               "--json", str(out)])
+    assert rc == 0
+    assert "keeping their printed lengths" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["config"]["same_length"] is True
+    items = [json.loads(x) for x in open(report["results"][str(data)]["flip"]["per_item"])]
+    assert all(len(i["perturbed_prompt"]) == len(i["original_prompt"]) for i in items)
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--same-length"]) == 2
+    assert "give --flip-rate" in capsys.readouterr().err
+
+
 def test_flip_rate_without_a_file_of_its_task_fails_before_loading_the_model(tmp_path, capsys):
     pytest.importorskip("cattune.data.stg")
     numeric = write_numeric_file(tmp_path / "mawps.jsonl")

@@ -140,3 +140,20 @@ def test_a_grid_of_variants_and_seeds(experiment_run, tmp_path):
     assert "path" in json.loads((out / "cat-path" / "attention.json").read_text())
     report = (out / "report.md").read_text()
     assert "## Grid" in report and (out / "grid.png").exists()
+
+
+def test_same_length_flip_is_added_to_a_finished_run(experiment_run):
+    out, config = experiment_run
+    stamp = (out / "cat" / "eval" / "test_ood.flip.json").stat().st_mtime_ns
+    assert main(["experiment", "--config", str(config), "flip_same_length=true"]) == 0
+    assert (out / "cat" / "eval" / "test_ood.flip.json").stat().st_mtime_ns == stamp  # cached, not recomputed
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("baseline", "cat"):
+        entry = results["arms"][arm]["splits"]["test_ood"]
+        items = [json.loads(line) for line in (out / arm / "eval" / "test_ood.flip_same_length.jsonl").open()]
+        assert entry["flip_same_length_rate"] == pytest.approx(sum(i["flipped"] for i in items) / len(items))
+        assert entry["flip_same_length_n"] == 12 and entry["per_seed"]["1"]["flip_same_length_rate"] >= 0
+        assert all(len(i["perturbed_prompt"]) == len(i["original_prompt"]) for i in items)
+        assert "flip_same_length_rate" not in results["arms"][arm]["splits"]["test_iid"]
+    assert results["paired"]["test_ood"]["flip_same_length_mcnemar"]["p_value"] <= 1
+    assert "flip % (same length)" not in (out / "report.md").read_text()  # no grid section for one pair

@@ -309,6 +309,13 @@ def test_grid_table_and_plot(tmp_path):
     _assert_png(plot_grid_summary(rows, tmp_path / "grid.png"))
     with pytest.raises(ValueError):
         grid_table([])
+    rows[0].update(flip_same_mean=0.05, flip_same_sd=0.01)
+    rows[1].update(flip_same_mean=0.20, flip_same_p=0.003)
+    table = grid_table(rows)
+    assert "| baseline | 3 | 93.0 ± 1.0 | 75.2 ± 2.1 | 19.8 ± 3.0 | 5.0 ± 1.0 | — |" in table
+    assert "| cat-hinge | 1 | 93.8 | 70.2 | — | 20.0 | 0.003 |" in table
+    assert "keeping each one's number of characters" in table
+    _assert_png(plot_grid_summary(rows, tmp_path / "grid-same-length.png"))
 
 
 def test_report_of_a_grid_has_a_grid_table_and_plot(results, tmp_path):

@@ -199,6 +199,41 @@ def test_redraw_spurious_changes_a_value_even_when_the_draw_repeats():
     assert all(stg.redraw_spurious(text, rng) != text for _ in range(3000))
 
 
+def test_redraw_spurious_same_length_keeps_every_printed_length(splits):
+    rng = random.Random(2)
+    drawn = set()
+    for rec in splits["test_ood"][:2000]:
+        new = stg.redraw_spurious_same_length(rec["input"], rng)
+        before, after = values(rec), {f.name: int(f.value) for f in parse_table(new)}
+        assert len(new) == len(rec["input"])
+        assert all(len(str(before[n])) == len(str(after[n])) for n in stg.SPURIOUS)
+        assert all(before[n] == after[n] for n in stg.CAUSES + stg.IRRELEVANT)
+        if any(before[n] != 10 for n in stg.SPURIOUS):
+            assert any(before[n] != after[n] for n in stg.SPURIOUS)
+        drawn |= {after[n] for n in stg.SPURIOUS if before[n] != after[n]}
+    assert drawn == set(range(1, 10))  # every one-digit value is drawn; 10 has no same-length alternative
+
+
+def test_redraw_spurious_same_length_leaves_a_prompt_it_cannot_change():
+    text = stg.format_prompt({**dict.fromkeys(stg.VARIABLES, 3), **dict.fromkeys(stg.SPURIOUS, 10)}, stg.VARIABLES)
+    assert stg.redraw_spurious_same_length(text, random.Random(0)) == text
+    one_digit = text.replace("Hormones: 10", "Hormones: 4")
+    assert all(stg.redraw_spurious_same_length(one_digit, random.Random(seed)) != one_digit for seed in range(200))
+
+
+@pytest.mark.slow
+def test_redraw_spurious_same_length_keeps_smollm2_token_positions(splits):
+    from cattune.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    rng = random.Random(3)
+    for rec in splits["test_ood"][:300]:
+        old = tok(rec["input"])["input_ids"]
+        new = tok(stg.redraw_spurious_same_length(rec["input"], rng))["input_ids"]
+        assert len(new) == len(old)
+        assert sum(a != b for a, b in zip(old, new)) <= len(stg.SPURIOUS)  # one digit token per changed value
+
+
 def test_redraw_noncausal_keeps_causes_and_label(splits):
     rng = random.Random(1)
     changed = dict.fromkeys(stg.SPURIOUS + stg.IRRELEVANT, 0)

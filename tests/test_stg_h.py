@@ -188,6 +188,19 @@ def test_redraw_spurious(splits):
             assert spec.ood_low <= number(after[name]) <= spec.ood_high
 
 
+def test_redraw_spurious_same_length(splits):
+    rng = random.Random(4)
+    changed = 0
+    for rec in splits["test_ood"][:500]:
+        new = stg_h.redraw_spurious_same_length(rec["input"], rng)
+        before, after = printed(rec), {f.name: f.value for f in parse_table(new)}
+        assert skeleton(new) == TEMPLATE and len(new) == len(rec["input"])
+        assert all(len(before[n]) == len(after[n]) for n in stg_h.SPURIOUS)
+        assert all(before[n] == after[n] for n in stg_h.CAUSES + stg_h.IRRELEVANT)
+        changed += new != rec["input"]
+    assert changed == 500
+
+
 def test_redraw_noncausal(splits):
     rng = random.Random(1)
     for rec in splits["train"][:500]:

@@ -232,18 +232,22 @@ class ExperimentRunner:
 
             results[split] = dict(self._cached(eval_dir / f"{split}.json", compute_eval))
             if cfg.flip and split in cfg.flip_splits:
-                perturb = _benchmark_module(cfg.flip).redraw_spurious
+                module = _benchmark_module(cfg.flip)
+                kinds = {"flip": module.redraw_spurious}
+                if cfg.flip_same_length:
+                    kinds["flip_same_length"] = module.redraw_spurious_same_length
+                for kind, perturb in kinds.items():
 
-                def compute_flip() -> dict[str, Any]:
-                    # The originals' answers are already in the predictions file: generate only the
-                    # perturbed prompts.
-                    originals = [json.loads(line)["generation"] for line in predictions.read_text().splitlines()]
-                    res = flip_rate(get_model(), self.tokenizer, records, perturb, task=results[split]["task"], seed=0,
-                                    batch_size=cfg.eval_batch_size, original_generations=originals,
-                                    per_item_path=eval_dir / f"{split}.flip.jsonl")
-                    return dataclasses.asdict(res)
+                    def compute_flip(kind: str = kind, perturb: Any = perturb) -> dict[str, Any]:
+                        # The originals' answers are already in the predictions file: generate only
+                        # the perturbed prompts.
+                        originals = [json.loads(line)["generation"] for line in predictions.read_text().splitlines()]
+                        res = flip_rate(get_model(), self.tokenizer, records, perturb, task=results[split]["task"],
+                                        seed=0, batch_size=cfg.eval_batch_size, original_generations=originals,
+                                        per_item_path=eval_dir / f"{split}.{kind}.jsonl")
+                        return dataclasses.asdict(res)
 
-                results[split]["flip"] = self._cached(eval_dir / f"{split}.flip.json", compute_flip)
+                    results[split][kind] = self._cached(eval_dir / f"{split}.{kind}.json", compute_flip)
         if cfg.diagnostics:
             results["_attention"] = self._cached(run_dir / "attention.json", lambda: self.attention(get_model(), tests))
             results["_heatmap"] = self._cached(run_dir / "heatmap.json", lambda: self.heatmap(get_model(), tests))
@@ -354,6 +358,10 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# Flip measurements of a split: the spurious redraw, and the same with every printed length kept.
+FLIP_KINDS = ("flip", "flip_same_length")
+
+
 def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, Any]]], splits: list[str],
               base: dict[str, Any], *, revision: str | None = None) -> dict[str, Any]:
     """Combine per-arm, per-seed evaluations into the results.json structure."""
@@ -379,18 +387,21 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                 summ = seed_summary(accs)
                 entry.update(accuracy=summ["mean"], ci_low=summ["mean"] - 1.96 * summ["se"],
                              ci_high=summ["mean"] + 1.96 * summ["se"], ci_method="seeds", accuracy_sd=summ["std"])
-            flips = [by_seed[s][split].get("flip") for s in seeds]
-            if all(flips):
+            for kind in FLIP_KINDS:
+                flips = [by_seed[s][split].get(kind) for s in seeds]
+                if not all(flips):
+                    continue
                 rates = [f["rate"] for f in flips]
                 for s, f in zip(seeds, flips):
-                    entry["per_seed"][str(s)]["flip_rate"] = f["rate"]
+                    entry["per_seed"][str(s)][f"{kind}_rate"] = f["rate"]
                 if len(seeds) == 1:
-                    entry.update(flip_rate=rates[0], flip_ci_low=flips[0]["ci_low"], flip_ci_high=flips[0]["ci_high"],
-                                 flip_n=flips[0]["n"])
+                    rate, low, high, extra = rates[0], flips[0]["ci_low"], flips[0]["ci_high"], {}
                 else:
                     summ = seed_summary(rates)
-                    entry.update(flip_rate=summ["mean"], flip_ci_low=summ["mean"] - 1.96 * summ["se"],
-                                 flip_ci_high=summ["mean"] + 1.96 * summ["se"], flip_n=flips[0]["n"], flip_sd=summ["std"])
+                    rate, low, high = summ["mean"], summ["mean"] - 1.96 * summ["se"], summ["mean"] + 1.96 * summ["se"]
+                    extra = {f"{kind}_sd": summ["std"]}
+                entry.update({f"{kind}_rate": rate, f"{kind}_ci_low": low, f"{kind}_ci_high": high,
+                              f"{kind}_n": flips[0]["n"], **extra})
             arm_splits[split] = entry
         first = by_seed[seeds[0]]
         train = first.get("_train", {})
@@ -416,13 +427,14 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                 }
                 boot = paired_bootstrap([float(x) for x in a], [float(x) for x in b])
                 entry.update(diff_ci_low=boot["ci_low"], diff_ci_high=boot["ci_high"])
-                fa = [per_run["baseline"][s][split].get("flip") for s in seeds]
-                fb = [per_run[arm][s][split].get("flip") for s in seeds]
-                if all(fa) and all(fb):
-                    # A flip is a failure of invariance: compare "did not flip" per item like accuracy.
-                    ka = [not it["flipped"] for f in fa for it in f["per_item"]]
-                    kb = [not it["flipped"] for f in fb for it in f["per_item"]]
-                    entry["flip_mcnemar"] = mcnemar_exact(ka, kb)
+                for kind in FLIP_KINDS:
+                    fa = [per_run["baseline"][s][split].get(kind) for s in seeds]
+                    fb = [per_run[arm][s][split].get(kind) for s in seeds]
+                    if all(fa) and all(fb):
+                        # A flip is a failure of invariance: compare "did not flip" per item like accuracy.
+                        ka = [not it["flipped"] for f in fa for it in f["per_item"]]
+                        kb = [not it["flipped"] for f in fb for it in f["per_item"]]
+                        entry[f"{kind}_mcnemar"] = mcnemar_exact(ka, kb)
                 key = split if arm == "cat" else f"{arm}:{split}"
                 paired[key] = entry
 

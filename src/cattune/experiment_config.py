@@ -37,6 +37,9 @@ class ExperimentConfig:
     task: str | None = None  # answer checker; inferred from the test files when null
     flip: Literal["stg", "stg-h"] | None = None  # spurious flip-rate perturbation for the OOD-style splits
     flip_splits: list[str] = field(default_factory=lambda: ["test_ood"])
+    # Also measure the flip rate under a redraw that keeps each value's printed length, so every
+    # token keeps its position: flips there come from the values, not from shifted positions.
+    flip_same_length: bool = False
     seeds: list[int] = field(default_factory=lambda: [42])
     arms: dict[str, dict[str, Any]] = field(default_factory=_default_arms)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -814,7 +814,8 @@ def grid_rows(results: Mapping[str, Any], *, iid: str = "test_iid", ood: str = "
     rows = []
     for name, arm in _arms(results).items():
         row: dict[str, Any] = {"arm": name, "seeds": _seeds(results)}
-        for key, split, measure in (("iid", iid, "accuracy"), ("ood", ood, "accuracy"), ("flip", ood, "flip_rate")):
+        for key, split, measure in (("iid", iid, "accuracy"), ("ood", ood, "accuracy"), ("flip", ood, "flip_rate"),
+                                    ("flip_same", ood, "flip_same_length_rate")):
             per_seed = ((_split_stats(arm, split) or {}).get("per_seed") or {}).values()
             values = [float(v[measure]) for v in per_seed if v.get(measure) is not None]
             row[f"{key}_mean"] = float(np.mean(values)) if values else None
@@ -823,6 +824,7 @@ def grid_rows(results: Mapping[str, Any], *, iid: str = "test_iid", ood: str = "
             paired = _paired(results, name, ood)
             row["ood_p"] = (paired.get("mcnemar") or {}).get("p_value")
             row["flip_p"] = (paired.get("flip_mcnemar") or {}).get("p_value")
+            row["flip_same_p"] = (paired.get("flip_same_length_mcnemar") or {}).get("p_value")
         shares = _attention(arm) or {}
         row["share_cause"], row["share_spurious"] = shares.get("cause"), shares.get("spurious")
         row["causal_ratio"] = _causal_ratio(arm)
@@ -840,7 +842,9 @@ def grid_table(grid_rows: list[dict]) -> str:
         raise ValueError("no grid rows to tabulate")
     header = ["arm", "seeds", "IID acc %", "OOD acc %", "flip %"]
     extras = [(key, title, fmt) for key, title, fmt in (
+        ("flip_same_mean", "flip % (same length)", None),
         ("ood_p", "OOD p vs baseline", _p), ("flip_p", "flip p vs baseline", _p),
+        ("flip_same_p", "same-length flip p", _p),
         ("share_cause", "share cause", _share), ("share_spurious", "share spurious", _share),
         ("causal_ratio", "causal ratio", lambda v: f"{v:.2f}"),
         ("path_share", "later rows on non-causal", _share),
@@ -848,10 +852,14 @@ def grid_table(grid_rows: list[dict]) -> str:
     rows = []
     for r in grid_rows:
         row = [str(r["arm"]), str(_n_seeds(r) or "—"), _mean_sd(r, "iid"), _mean_sd(r, "ood"), _mean_sd(r, "flip")]
-        row += [fmt(r[key]) if r.get(key) is not None else "—" for key, _, fmt in extras]
+        row += [_mean_sd(r, "flip_same") if fmt is None else fmt(r[key]) if r.get(key) is not None else "—"
+                for key, _, fmt in extras]
         rows.append(row)
     table = _md_table(header + [title for _, title, _ in extras], rows)
     notes = "Cells: mean ± standard deviation across seeds (no ± with one seed). Flip: lower is better."
+    if any(key == "flip_same_mean" for key, _, _ in extras):
+        notes += (" Same length: the spurious values redrawn keeping each one's number of characters, so every"
+                  " token keeps its position.")
     if any(key in ("ood_p", "flip_p") for key, _, _ in extras):
         notes += " p: exact McNemar, arm vs baseline, items pooled over seeds."
     if any(key.startswith("share") or key == "causal_ratio" for key, _, _ in extras):
@@ -891,7 +899,11 @@ def plot_grid_summary(grid_rows: list[dict], path: str | os.PathLike[str]) -> Pa
     axes[0].set_ylabel("accuracy %")
     axes[0].set_title("Accuracy (mean ± sd across seeds)", fontsize=10)
     if has_flip:
-        bars(axes[1], "flip", 0.0, 0.6, "tab:red", "flip rate")
+        if any(r.get("flip_same_mean") is not None for r in grid_rows):
+            bars(axes[1], "flip", -0.2, 0.4, "tab:red", "flip rate")
+            bars(axes[1], "flip_same", 0.2, 0.4, "tab:purple", "same printed lengths")
+        else:
+            bars(axes[1], "flip", 0.0, 0.6, "tab:red", "flip rate")
         axes[1].set_ylabel("flip rate %")
         axes[1].set_title("Flip rate (lower is better)", fontsize=10)
     for ax in axes:

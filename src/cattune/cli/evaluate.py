@@ -40,23 +40,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--flip-rate", choices=tuple(FLIP_PERTURBATIONS), metavar="{stg,stg_h}",
                    help="on the files of this task, also report how often the answer changes when only the "
                         "spurious values are redrawn (spurious flip rate)")
+    p.add_argument("--same-length", action="store_true",
+                   help="with --flip-rate: redraw each spurious value only among values printed with as many "
+                        "characters, so every token keeps its position (flips then come from the values alone)")
     p.add_argument("--seed", type=int, default=0, help="seed of the flip-rate redraws (default 0)")
     p.set_defaults(func=run)
 
 
-def _perturbation(kind: str) -> Any:
+def _perturbation(kind: str, same_length: bool = False) -> Any:
     from cattune.cli.main import UserError
 
     module_name = FLIP_PERTURBATIONS[kind]
+    function = "redraw_spurious_same_length" if same_length else "redraw_spurious"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        raise UserError(f"--flip-rate {kind} needs {module_name}.redraw_spurious, which this installation lacks") from None
-    perturb = getattr(module, "redraw_spurious", None)
+        raise UserError(f"--flip-rate {kind} needs {module_name}.{function}, which this installation lacks") from None
+    perturb = getattr(module, function, None)
     if perturb is None:
-        raise UserError(f"--flip-rate {kind} needs {module_name}.redraw_spurious, which this installation lacks")
+        raise UserError(f"--flip-rate {kind} needs {module_name}.{function}, which this installation lacks")
     return perturb
 
 
@@ -82,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    perturb = _perturbation(args.flip_rate) if args.flip_rate else None
+    if args.same_length and not args.flip_rate:
+        raise UserError("--same-length changes the flip-rate redraw: give --flip-rate stg or stg_h with it")
+    perturb = _perturbation(args.flip_rate, args.same_length) if args.flip_rate else None
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -99,14 +105,15 @@ def run(args: argparse.Namespace) -> int:
               + (f"; {r.no_answer} without an answer" if r.no_answer else ""))
         if r.flip is not None:
             f = r.flip
-            print(f"  flip rate {_pct(f.rate)}% [{_pct(f.ci_low)}, {_pct(f.ci_high)}] (n={f.n}, spurious values "
-                  f"redrawn, seed {f.seed}); per item: {f.per_item_path}")
+            redraw = "spurious values redrawn" + (" keeping their printed lengths" if args.same_length else "")
+            print(f"  flip rate {_pct(f.rate)}% [{_pct(f.ci_low)}, {_pct(f.ci_high)}] (n={f.n}, {redraw}, "
+                  f"seed {f.seed}); per item: {f.per_item_path}")
         print(f"  predictions: {r.predictions_path}")
     if args.json:
         report = {
             "model": {"argument": args.model, "description": description},
             "config": {"task": args.task, "batch_size": args.batch_size, "limit": args.limit, "dtype": args.dtype,
-                       "decoding": "greedy", "flip_rate": args.flip_rate, "seed": args.seed},
+                       "decoding": "greedy", "flip_rate": args.flip_rate, "same_length": args.same_length, "seed": args.seed},
             **provenance(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "results": {path: r.to_json() for path, r in results.items()},

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cattune.data.records import Relation
-from cattune.data.tables import TableField, parse_table, replace_values
+from cattune.data.tables import TableField, parse_table, redraw_same_length, replace_values
 
 NAME = "stg"
 PROMPT_PREFIX = "Here is the statistical data for a person. Please predict the probability of cancer. "
@@ -176,6 +176,14 @@ def redraw_spurious(text: str, rng: random.Random) -> str:
         new = {name: str(rng.randint(LOW, HIGH)) for name in SPURIOUS}
         if new != old:
             return replace_values(text, new)
+
+
+def redraw_spurious_same_length(text: str, rng: random.Random) -> str:
+    """:func:`redraw_spurious` keeping each value's number of digits (1..9 stay one digit, 10 stays
+    10), so the prompt keeps its token count and every later token its position; ``text`` unchanged
+    when every spurious value is 10."""
+    _fields(text)
+    return redraw_same_length(text, SPURIOUS, lambda _name, r: str(r.randint(LOW, HIGH)), rng)
 
 
 def redraw_noncausal(text: str, rng: random.Random) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cattune.data.records import Relation
-from cattune.data.tables import TableField, parse_table, replace_values
+from cattune.data.tables import TableField, parse_table, redraw_same_length, replace_values
 
 NAME = "stg-h"
 QUESTION = "Given these diverse conditions, what is the projected Air Quality Index (AQI) on a 0-100 scale?"
@@ -240,6 +240,13 @@ def redraw_spurious(text: str, rng: random.Random) -> str:
         new = {name: _ood_printed(name, rng) for name in SPURIOUS}
         if new != old:
             return replace_values(text, new)
+
+
+def redraw_spurious_same_length(text: str, rng: random.Random) -> str:
+    """:func:`redraw_spurious` keeping each value's printed length, so the prompt keeps its token
+    count under digit-splitting tokenizers."""
+    _fields(text)
+    return redraw_same_length(text, SPURIOUS, _ood_printed, rng)
 
 
 def redraw_noncausal(text: str, rng: random.Random) -> str:

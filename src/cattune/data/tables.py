@@ -7,7 +7,9 @@ annotate (the value as printed), redraw (counterfactual or flip tests) or locate
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # A name is a run of words (letters, digits, spaces, parentheses) starting with a capital letter;
@@ -52,3 +54,32 @@ def replace_values(text: str, new_values: dict[str, str]) -> str:
             last = f.end
     out.append(text[last:])
     return "".join(out)
+
+
+def redraw_same_length(
+    text: str, names: tuple[str, ...], draw: Callable[[str, random.Random], str], rng: random.Random,
+    *, tries: int = 200,
+) -> str:
+    """``text`` with the named fields' values redrawn by ``draw(name, rng)`` conditioned on being
+    printed with as many characters as before, and at least one value changed.
+
+    Keeping every printed length keeps the prompt's token count and the position of every later
+    token under tokenizers that split numbers into digits (Llama, Qwen2, SmolLM2), so a flip under
+    this redraw cannot come from shifted positions. A field whose length no draw matches within
+    ``tries`` keeps its value; when no field can change (STG: every value is "10") ``text`` is
+    returned unchanged, and the flip rate counts it as an unchanged prompt.
+    """
+    old = {f.name: f.value for f in parse_table(text) if f.name in names}
+
+    def same_length(name: str) -> str:
+        for _ in range(tries):
+            value = draw(name, rng)
+            if len(value) == len(old[name]):
+                return value
+        return old[name]
+
+    for _ in range(tries):
+        new = {name: same_length(name) for name in old}
+        if new != old:
+            return replace_values(text, new)
+    return text
