@@ -10,6 +10,7 @@ from cattune.collator import CATCollator, build_examples, path_positions
 from cattune.config import ConfigError
 from cattune.data import stg
 from cattune.data.records import parse_record, write_records
+from cattune.data.tables import parse_table
 from cattune.loss import reattention_loss
 from cattune.training import train
 from test_loss import random_batch
@@ -189,3 +190,26 @@ def test_training_without_the_sink_and_per_layer(tiny_dir, stg_file, tmp_path): 
     assert first["lm_loss"] == pytest.approx(other["lm_loss"], rel=1e-5)  # same model, same first batch
     # A near-uniform tiny model changes little, but the ratio must be computed differently.
     assert abs(first["attn_ratio"] - other["attn_ratio"]) > 1e-6
+
+
+def test_path_term_with_augmentation_follows_the_redrawn_values(tiny_dir, stg_file, tmp_path, monkeypatch):  # noqa: F811
+    import cattune.training as training
+
+    seen: list[dict] = []
+
+    class Recording(CATCollator):
+        def __call__(self, features):
+            seen.extend(features)
+            return super().__call__(features)
+
+    monkeypatch.setattr(training, "CATCollator", Recording)
+    result = train(_cfg(tiny_dir, stg_file, tmp_path / "aug-path", max_steps=16, path_weight=1.0, augment="stg"))
+    assert result.global_step == 16 and all("path_loss" in r for r in _metrics(result.output_dir) if "lm_loss" in r)
+    tok = tiny_tokenizer()
+    # In every redrawn example the spurious columns spell that redraw's spurious pairs, in prompt order.
+    for example in seen[:80]:
+        text = tok.decode(example["input_ids"])
+        named = tok.decode([example["input_ids"][j] for j in example["cat_named_columns"]["spurious"]])
+        pairs = sorted((text.index(f"{name}: "), f"{name}: {value}") for name, value in
+                       ((f.name, f.value) for f in parse_table(text)) if name in stg.SPURIOUS)
+        assert named.split() == " ".join(pair for _, pair in pairs).split()
