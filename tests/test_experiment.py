@@ -44,6 +44,9 @@ def test_results_json_has_every_figure(experiment_run):
                 assert key in entry
             assert entry["n"] == 12 and entry["ci_low"] <= entry["accuracy"] <= entry["ci_high"]
         assert "flip_rate" in results["arms"][arm]["splits"]["test_ood"]
+        by_change = results["arms"][arm]["splits"]["test_ood"]["flip_by_token_change"]
+        assert sum(g["n"] for g in by_change.values()) == 12
+        assert sum(g["flips"] for g in by_change.values()) == round(12 * results["arms"][arm]["splits"]["test_ood"]["flip_rate"])
         assert results["arms"][arm]["attention"]["share"]["cause"] >= 0
     assert results["paired"]["test_ood"]["mcnemar"]["p_value"] <= 1
     assert results["cattune_version"] and "git_revision" in results and results["config"]["name"] == "tiny"
@@ -64,6 +67,7 @@ def test_report_and_plots_written(experiment_run):
     out, _ = experiment_run
     report = (out / "report.md").read_text()
     assert "baseline" in report and "cat" in report
+    assert "## Flips by change in token count" in report
     for png in ("accuracy.png", "attention_training.png", "attention_heatmaps.png"):
         assert (out / png).stat().st_size > 5000, png
     assert (out / "baseline" / "model").is_dir() and (out / "cat" / "model").is_dir()
@@ -157,3 +161,15 @@ def test_same_length_flip_is_added_to_a_finished_run(experiment_run):
         assert "flip_same_length_rate" not in results["arms"][arm]["splits"]["test_iid"]
     assert results["paired"]["test_ood"]["flip_same_length_mcnemar"]["p_value"] <= 1
     assert "flip % (same length)" not in (out / "report.md").read_text()  # no grid section for one pair
+
+
+def test_token_change_tables_pool_over_seeds():
+    from cattune.experiment import pool_token_changes
+
+    a = {"0": {"n": 3, "flips": 0, "changes": {}, "rate": 0.0},
+         "+1": {"n": 2, "flips": 1, "changes": {"Low Risk -> High Risk": 1}, "rate": 0.5}}
+    b = {"-1": {"n": 1, "flips": 1, "changes": {"High Risk -> Low Risk": 1}, "rate": 1.0},
+         "+1": {"n": 2, "flips": 2, "changes": {"Low Risk -> High Risk": 2}, "rate": 1.0}}
+    pooled = pool_token_changes([a, b])
+    assert list(pooled) == ["-1", "0", "+1"]
+    assert pooled["+1"] == {"n": 4, "flips": 3, "changes": {"Low Risk -> High Risk": 3}, "rate": 0.75}

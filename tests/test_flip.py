@@ -126,3 +126,24 @@ def test_reusing_the_evaluation_generations_gives_the_same_result():
     assert [item["original_generation"] for item in fresh.per_item] == originals
     with pytest.raises(ValueError, match="original_generations"):
         flip_rate(model, tok, records, redraw, task="stg", original_generations=originals[:2])
+
+
+def test_flips_by_token_change_groups_items_by_the_change_in_prompt_length():
+    from cattune.flip import flips_by_token_change
+    from word_tokenizer import word_tokenizer
+
+    def item(before, after, flipped, a="Low Risk", b="High Risk"):
+        return {"original_prompt": before, "perturbed_prompt": after, "flipped": flipped,
+                "original_answer": a, "perturbed_answer": b if flipped else a}
+
+    # The word tokenizer makes one token per word: "Smoking : 10" and "Smoking : 9" have the same count,
+    # so here a token is added by adding a word.
+    items = [item("Smoking : 9", "Smoking : 10", False), item("Smoking : 9", "Smoking : 9 Risk", True),
+             item("Smoking : 9", "Smoking : 8 Risk", True), item("Smoking : 9 Risk", "Smoking : 9", True, "High Risk", "Low Risk"),
+             item("Smoking : 9 Risk", "Smoking : 9", False)]
+    table = flips_by_token_change(items, word_tokenizer())
+    assert list(table) == ["-1", "0", "+1"]
+    assert table["0"] == {"n": 1, "flips": 0, "changes": {}, "rate": 0.0}
+    assert table["+1"] == {"n": 2, "flips": 2, "changes": {"Low Risk -> High Risk": 2}, "rate": 1.0}
+    assert table["-1"]["changes"] == {"High Risk -> Low Risk": 1} and table["-1"]["rate"] == 0.5
+    assert flips_by_token_change([], word_tokenizer()) == {}

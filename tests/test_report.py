@@ -342,5 +342,14 @@ def test_report_of_a_grid_has_a_grid_table_and_plot(results, tmp_path):
     assert "## Grid" in report and "| augment | 1 | 92.2 | 91.0 | 2.8 | 1.7e-10 | 2.0e-12 |" in report
     assert "| 5.0% | 31.0% |" in report and "5.0% / 31.0%" in report  # grid and attention tables
     _assert_png(written["grid"])
+    assert "## Flips by change in token count" not in report  # no arm has the breakdown
+    grid["arms"]["cat"]["splits"]["test_ood"]["flip_by_token_change"] = {
+        "-1": {"n": 4, "flips": 2, "changes": {"High Risk -> Low Risk": 2}, "rate": 0.5},
+        "0": {"n": 10, "flips": 0, "changes": {}, "rate": 0.0},
+        "+1": {"n": 5, "flips": 3, "changes": {"Low Risk -> High Risk": 3}, "rate": 0.6},
+        "+2": {"n": 1, "flips": 1, "changes": {"Low Risk -> High Risk": 1}, "rate": 1.0}}
+    report = write_report(grid, tmp_path / "grid2")["report"].read_text()
+    assert "| cat | 0.0 (0/10) | 66.7 (4/6); 4 of them Low Risk -> High Risk | 50.0 (2/4); 2 of them High Risk -> Low Risk |" in report
+    assert "| baseline |" not in report.split("## Flips by change in token count")[1].split("##")[0]
     # Two arms and one seed: no grid section.
     assert "## Grid" not in write_report(results, tmp_path / "pair")["report"].read_text()

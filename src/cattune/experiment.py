@@ -207,7 +207,7 @@ class ExperimentRunner:
 
     def evaluate_arm(self, model_ref: str, run_dir: Path, tests: dict[str, Path]) -> dict[str, Any]:
         from cattune.evaluate import evaluate_records
-        from cattune.flip import flip_rate
+        from cattune.flip import flip_rate, flips_by_token_change
         from cattune.models import load_model
 
         cfg = self.config
@@ -248,6 +248,8 @@ class ExperimentRunner:
                         return dataclasses.asdict(res)
 
                     results[split][kind] = self._cached(eval_dir / f"{split}.{kind}.json", compute_flip)
+                    results[split][kind]["by_token_change"] = flips_by_token_change(
+                        results[split][kind]["per_item"], self.tokenizer)
         if cfg.diagnostics:
             results["_attention"] = self._cached(run_dir / "attention.json", lambda: self.attention(get_model(), tests))
             results["_heatmap"] = self._cached(run_dir / "heatmap.json", lambda: self.heatmap(get_model(), tests))
@@ -358,6 +360,19 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def pool_token_changes(tables: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """:func:`cattune.flip.flips_by_token_change` tables of several seeds summed group by group."""
+    pooled: dict[int, dict[str, Any]] = {}
+    for table in tables:
+        for key, group in table.items():
+            into = pooled.setdefault(int(key), {"n": 0, "flips": 0, "changes": {}})
+            into["n"] += group["n"]
+            into["flips"] += group["flips"]
+            for change, count in group["changes"].items():
+                into["changes"][change] = into["changes"].get(change, 0) + count
+    return {f"{d:+d}" if d else "0": {**g, "rate": g["flips"] / g["n"]} for d, g in sorted(pooled.items())}
+
+
 # Flip measurements of a split: the spurious redraw, and the same with every printed length kept.
 FLIP_KINDS = ("flip", "flip_same_length")
 
@@ -402,6 +417,8 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                     extra = {f"{kind}_sd": summ["std"]}
                 entry.update({f"{kind}_rate": rate, f"{kind}_ci_low": low, f"{kind}_ci_high": high,
                               f"{kind}_n": flips[0]["n"], **extra})
+                if all("by_token_change" in f for f in flips):
+                    entry[f"{kind}_by_token_change"] = pool_token_changes([f["by_token_change"] for f in flips])
             arm_splits[split] = entry
         first = by_seed[seeds[0]]
         train = first.get("_train", {})

@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,29 @@ def flip_rate(
     logger.info("flip rate %.1f%% [%.1f, %.1f] (n=%d)", 100 * flips / n, 100 * low, 100 * high, n)
     return FlipResult(n=n, flips=flips, rate=flips / n, ci_low=low, ci_high=high, per_item=per_item,
                       unchanged_prompts=unchanged, seed=seed, per_item_path=written)
+
+
+def flips_by_token_change(per_item: Sequence[Mapping[str, Any]], tokenizer: Any) -> dict[str, dict[str, Any]]:
+    """Flips grouped by how many tokens the perturbation added to the prompt (``"0"``, ``"+1"``,
+    ``"-2"``, ...): per group the items, the flips, and each answer change (``"Low Risk -> High
+    Risk": 12``).
+
+    Redrawing a value can change its token count ("9" vs "10"), which moves every later token. A
+    model that reads none of the redrawn tokens can still flip there; flips only where the count
+    changes, and all in one direction per sign, point to a shortcut through the prompt's length.
+    """
+    items = list(per_item)
+    if not items:
+        return {}
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    before = encode([it["original_prompt"] for it in items])
+    after = encode([it["perturbed_prompt"] for it in items])
+    groups: dict[int, dict[str, Any]] = {}
+    for it, a, b in zip(items, before, after):
+        group = groups.setdefault(len(b) - len(a), {"n": 0, "flips": 0, "changes": Counter()})
+        group["n"] += 1
+        if it["flipped"]:
+            group["flips"] += 1
+            group["changes"][f"{it['original_answer']} -> {it['perturbed_answer']}"] += 1
+    return {f"{d:+d}" if d else "0": {**g, "rate": g["flips"] / g["n"], "changes": dict(g["changes"].most_common())}
+            for d, g in sorted(groups.items())}

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -870,6 +871,39 @@ def grid_table(grid_rows: list[dict]) -> str:
     return table + "\n\n" + notes
 
 
+def token_change_table(results: Mapping[str, Any], *, split: str = "test_ood", kind: str = "flip") -> str | None:
+    """Markdown table of each arm's flips on ``split`` grouped by whether the redraw kept, added or
+    removed tokens (items pooled over seeds), with the most common answer change of each group;
+    None when no arm has the breakdown."""
+    rows = []
+    for name, arm in _arms(results).items():
+        table = (_split_stats(arm, split) or {}).get(f"{kind}_by_token_change")
+        if not table:
+            continue
+        cells = []
+        for label, keep in (("same", lambda d: d == 0), ("more", lambda d: d > 0), ("fewer", lambda d: d < 0)):
+            groups = [g for key, g in table.items() if keep(int(key))]
+            n, flips = sum(g["n"] for g in groups), sum(g["flips"] for g in groups)
+            if not n:
+                cells.append("—")
+                continue
+            changes: Counter[str] = Counter()
+            for g in groups:
+                changes.update(g["changes"])
+            cell = f"{_pct(flips / n)} ({flips}/{n})"
+            if changes:
+                top, count = changes.most_common(1)[0]
+                cell += f"; {count} of them {top}"
+            cells.append(cell)
+        rows.append([str(name)] + cells)
+    if not rows:
+        return None
+    return (_md_table(["arm", "token count unchanged", "more tokens", "fewer tokens"], rows)
+            + f"\n\nFlip rate on {split} (flips/items, pooled over seeds) by how the redraw changed the prompt's "
+            "token count (e.g. a spurious value redrawn from 9 to 10). Flips where the count changed, all in one "
+            "direction, and none where it did not, mean the answer follows the prompt's length, not the values.")
+
+
 def plot_grid_summary(grid_rows: list[dict], path: str | os.PathLike[str]) -> Path:
     """Per arm: IID and OOD accuracy, and flip rate where measured, as means with ± sd across seeds."""
     if not grid_rows:
@@ -1077,6 +1111,8 @@ def write_report(results: dict, out_dir: str | Path, *, metrics: dict[str, list[
             parts += ["## Grid", grid_table(rows)]
             written["grid"] = plot_grid_summary(rows, out / "grid.png")
             images.append(("IID/OOD accuracy and flip rate per arm, mean ± sd across seeds", "grid.png"))
+    if by_length := token_change_table(results):
+        parts += ["## Flips by change in token count", by_length]
     if per_seed := _per_seed_table(results):
         parts += ["## Per seed", per_seed]
     if images:

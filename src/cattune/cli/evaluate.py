@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
         help="greedy-decode test files and report accuracy with 95%% intervals",
         description=(
             "Generate an answer for every item of each file (greedy, batched), judge it with the "
-            "task's checker and print accuracy with a Wilson 95%% interval beside the file's "
+            "task's checker and print accuracy with a Wilson 95% interval beside the file's "
             "majority-class baseline. Per-item predictions are written as JSONL."
         ),
     )

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train baseline and CAT arms, evaluate IID/OOD accuracy, flip rate and attention, write a report",
         description=(
             "Run a baseline-vs-CAT experiment from a YAML config: every arm is trained with the same "
-            "data and seed(s), evaluated on every test split (accuracy with 95%% intervals beside the "
+            "data and seed(s), evaluated on every test split (accuracy with 95% intervals beside the "
             "majority baseline), the spurious flip rate and attention shares are measured, and "
             "results.json, report.md and PNG plots are written to the run folder "
             "(runs/<name>/ by default). Re-running the same command resumes an interrupted "
