@@ -329,3 +329,17 @@ def test_generated_prompts_have_the_released_form(release_dir):
     skeleton = lambda rec: rec["input"].split(parse_table(rec["input"])[0].name)[0]  # noqa: E731
     assert skeleton(released) == skeleton(generated)
     assert set(released) <= set(generated)
+
+
+def test_label_by_spurious_length_counts_two_digit_spurious_values():
+    def prompt(**spurious):
+        values = {**dict.fromkeys(stg.VARIABLES, 3), **{k.replace("_", " ").capitalize(): v for k, v in spurious.items()}}
+        return stg.format_prompt(values, stg.VARIABLES)
+
+    items = [(prompt(), "Low Risk"), (prompt(yellow_fingers=12), "High Risk"), (prompt(clothing_size=10), "Low Risk"),
+             (prompt(yellow_fingers=15, clothing_size=10), "High Risk")]
+    # The causes' own two-digit values do not count.
+    items.append((stg.format_prompt({**dict.fromkeys(stg.VARIABLES, 3), "Smoking": 10}, stg.VARIABLES), "Low Risk"))
+    table = stg.label_by_spurious_length(items)
+    assert {k: g["n"] for k, g in table.items()} == {0: 2, 1: 2, 2: 1}
+    assert table[1]["shares"] == {"High Risk": 0.5, "Low Risk": 0.5} and table[2]["labels"] == {"High Risk": 1}

@@ -193,6 +193,25 @@ def redraw_noncausal(text: str, rng: random.Random) -> str:
     return replace_values(text, {name: str(rng.randint(LOW, HIGH)) for name in SPURIOUS + IRRELEVANT})
 
 
+def label_by_spurious_length(records: Sequence[tuple[str, str]]) -> dict[int, dict[str, Any]]:
+    """Per number of two-digit spurious values in a prompt (0..3): how many ``(prompt, label)``
+    items have it and the share of each label.
+
+    "10" and above are two tokens under digit-splitting tokenizers, so this count moves every later
+    token. In training data, where the spurious values follow the causes, it predicts the label: a
+    shortcut through the prompt's length that no attention constraint on the value tokens removes.
+    """
+    table: dict[int, dict[str, Any]] = {}
+    for text, label in records:
+        count = sum(len(field.value) > 1 for name, field in _fields(text).items() if name in SPURIOUS)
+        group = table.setdefault(count, {"n": 0, "labels": {}})
+        group["n"] += 1
+        group["labels"][label] = group["labels"].get(label, 0) + 1
+    for group in table.values():
+        group["shares"] = {label: n / group["n"] for label, n in sorted(group["labels"].items())}
+    return dict(sorted(table.items()))
+
+
 def spans(text: str, target: str) -> tuple[tuple[Relation, ...], dict[str, list[str]]]:
     """The causal relation in the release annotation form and the named non-causal spans.
 
