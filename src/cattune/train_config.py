@@ -68,6 +68,11 @@ class TrainConfig:
     path_per_head: bool = True
     path_per_layer: bool = True
 
+    # Position jitter (cattune.positions): up to this many random unit gaps in each training
+    # sequence's position ids, so the number of tokens before a position (which the length of a
+    # spurious value changes) stops being a reliable shortcut. 0: off; evaluation is unaffected.
+    position_jitter: int = 0
+
     # Counterfactual augmentation (the comparator arm): every epoch sees each training record with
     # the values of everything that is not an annotated cause redrawn (STG-style data only).
     augment: Literal["stg", "stg-h"] | None = None
@@ -95,6 +100,8 @@ class TrainConfig:
             problems.append("attn_weight must be >= 0 (0 is the baseline)")
         if self.attn_alpha <= 0:
             problems.append("attn_alpha must be positive")
+        if self.position_jitter < 0:
+            problems.append("position_jitter must be >= 0 (0 is off)")
         if self.path_weight < 0 or self.path_alpha <= 0:
             problems.append("path_weight must be >= 0 (0 is off) and path_alpha positive")
         if self.lora and (self.lora_r < 1 or not self.lora_target_modules):

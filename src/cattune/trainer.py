@@ -31,6 +31,7 @@ from cattune.attention import CATAttentionError, RowSupervision, capture_row_att
 from cattune.collator import PAIR_PREFIX
 from cattune.encoding import IGNORE_INDEX
 from cattune.loss import attention_weight, reattention_loss
+from cattune.positions import jittered_position_ids
 
 
 _CORE_LOGS = ("attn_loss", "attn_ratio", "attn_satisfied", "attn_share_cause", "attn_weight", "lm_loss",
@@ -225,5 +226,22 @@ class LabelledLogitsTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-class CATTrainer(ReAttentionMixin, LabelledLogitsTrainer):
-    """``transformers.Trainer`` with the Re-Attention term (and the LM head on labelled positions only)."""
+class PositionJitterMixin:
+    """Training forwards get position ids with random gaps (:mod:`cattune.positions`), so the number
+    of tokens before a position stops being a reliable signal; evaluation keeps the ordinary ids.
+    ``position_jitter`` is the most gaps a sequence gets (0: off)."""
+
+    def __init__(self, *args: Any, position_jitter: int = 0, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.position_jitter = position_jitter
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
+        if self.position_jitter > 0 and model.training and "position_ids" not in inputs:
+            # The global torch RNG: the Trainer checkpoints and restores it, so a resumed run draws the same gaps.
+            inputs = {**inputs, "position_ids": jittered_position_ids(inputs["input_ids"], self.position_jitter)}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+
+class CATTrainer(PositionJitterMixin, ReAttentionMixin, LabelledLogitsTrainer):
+    """``transformers.Trainer`` with the Re-Attention term (and the LM head on labelled positions
+    only), and optional position jitter."""

@@ -241,6 +241,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
             path_per_head=config.path_per_head,
             path_per_layer=config.path_per_layer,
         ),
+        position_jitter=config.position_jitter,
         callbacks=[MetricsFile(metrics_path), CompleteMarker(), *callbacks, *_tensorboard(config, out)],
     )
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
