@@ -1,0 +1,29 @@
+"""Every YAML under configs/ loads and validates, and so does every arm of an experiment config (a
+typo in an arm's key would otherwise surface only when that arm starts training, maybe hours in)."""
+
+from pathlib import Path
+
+import pytest
+
+from cattune.config import load_config
+from cattune.experiment import _train_config
+from cattune.experiment_config import ExperimentConfig
+from cattune.train_config import TrainConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 10
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_and_its_arms_validate(path, tmp_path):
+    if path.name.startswith("train_"):
+        load_config(TrainConfig, path).validate()
+        return
+    config = load_config(ExperimentConfig, path)
+    config.validate()
+    for arm in config.arms:
+        for seed in config.seeds:
+            _train_config(config, arm, seed, tmp_path / "train.jsonl", tmp_path / arm).validate()
