@@ -164,7 +164,7 @@ def test_same_length_flip_is_added_to_a_finished_run(experiment_run):
 
 
 def test_token_change_tables_pool_over_seeds():
-    from cattune.experiment import pool_token_changes
+    from cattune.flip import pool_token_changes
 
     a = {"0": {"n": 3, "flips": 0, "changes": {}, "rate": 0.0},
          "+1": {"n": 2, "flips": 1, "changes": {"Low Risk -> High Risk": 1}, "rate": 0.5}}

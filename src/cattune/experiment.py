@@ -360,19 +360,6 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def pool_token_changes(tables: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """:func:`cattune.flip.flips_by_token_change` tables of several seeds summed group by group."""
-    pooled: dict[int, dict[str, Any]] = {}
-    for table in tables:
-        for key, group in table.items():
-            into = pooled.setdefault(int(key), {"n": 0, "flips": 0, "changes": {}})
-            into["n"] += group["n"]
-            into["flips"] += group["flips"]
-            for change, count in group["changes"].items():
-                into["changes"][change] = into["changes"].get(change, 0) + count
-    return {f"{d:+d}" if d else "0": {**g, "rate": g["flips"] / g["n"]} for d, g in sorted(pooled.items())}
-
-
 # Flip measurements of a split: the spurious redraw, and the same with every printed length kept.
 FLIP_KINDS = ("flip", "flip_same_length")
 
@@ -380,6 +367,7 @@ FLIP_KINDS = ("flip", "flip_same_length")
 def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, Any]]], splits: list[str],
               base: dict[str, Any], *, revision: str | None = None) -> dict[str, Any]:
     """Combine per-arm, per-seed evaluations into the results.json structure."""
+    from cattune.flip import pool_token_changes
     from cattune.stats import mcnemar_exact, paired_bootstrap, seed_summary
 
     seeds = config.seeds

@@ -153,5 +153,22 @@ def flips_by_token_change(per_item: Sequence[Mapping[str, Any]], tokenizer: Any)
         if it["flipped"]:
             group["flips"] += 1
             group["changes"][f"{it['original_answer']} -> {it['perturbed_answer']}"] += 1
+    return _token_change_table(groups)
+
+
+def pool_token_changes(tables: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """:func:`flips_by_token_change` tables (of several seeds) summed group by group."""
+    groups: dict[int, dict[str, Any]] = {}
+    for table in tables:
+        for key, group in table.items():
+            into = groups.setdefault(int(key), {"n": 0, "flips": 0, "changes": Counter()})
+            into["n"] += group["n"]
+            into["flips"] += group["flips"]
+            into["changes"].update(group["changes"])
+    return _token_change_table(groups)
+
+
+def _token_change_table(groups: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    # Keys "-1", "0", "+2" in order of the change; changes most common first; JSON-ready.
     return {f"{d:+d}" if d else "0": {**g, "rate": g["flips"] / g["n"], "changes": dict(g["changes"].most_common())}
             for d, g in sorted(groups.items())}

@@ -881,7 +881,7 @@ def token_change_table(results: Mapping[str, Any], *, split: str = "test_ood", k
         if not table:
             continue
         cells = []
-        for label, keep in (("same", lambda d: d == 0), ("more", lambda d: d > 0), ("fewer", lambda d: d < 0)):
+        for keep in (lambda d: d == 0, lambda d: d > 0, lambda d: d < 0):  # the table's three columns
             groups = [g for key, g in table.items() if keep(int(key))]
             n, flips = sum(g["n"] for g in groups), sum(g["flips"] for g in groups)
             if not n:
