@@ -1,6 +1,7 @@
 """``cattune experiment`` end to end on a tiny model and a small generated STG benchmark."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -81,6 +82,18 @@ def test_rerun_resumes_without_retraining(experiment_run):
     assert main(["experiment", "--config", str(config)]) == 0
     assert (out / "cat" / "train_summary.json").stat().st_mtime_ns == stamp
     assert (out / "results.json").exists() and (out / "cat" / "eval" / "test_iid.json").exists()
+
+
+def test_a_finished_run_is_not_reused_under_other_settings(experiment_run, tmp_path, capsys):
+    out, config = experiment_run
+    data = yaml.safe_load(config.read_text())
+    data["arms"] = {"baseline": {"attn_weight": 0.0}, "cat": {"attn_alpha": 7.0}}
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(data))
+    stamp = (out / "results.json").stat().st_mtime_ns
+    assert main(["experiment", "--config", str(path)]) == 2
+    assert re.search(r"cat was trained with other settings.*attn_alpha: 2.0 -> 7.0", capsys.readouterr().err)
+    assert (out / "results.json").stat().st_mtime_ns == stamp  # refused before any work
 
 
 def test_parallel_arms_match_sequential_arms(experiment_run, tmp_path):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cattune.config import ConfigError, load_config
 from cattune.data import write_records
 from cattune.data.stg import generate_splits
-from cattune.train_config import TrainConfig
+from cattune.train_config import TrainConfig, changed_settings
 from cattune.training import COMPLETE_MARKER, last_complete_checkpoint, train
 from tiny_models import save_tiny, tiny_tokenizer
 
@@ -101,6 +101,27 @@ def test_existing_run_needs_resume(tiny_dir, stg_file, tmp_path):
     train(_cfg(tiny_dir, stg_file, tmp_path / "run", max_steps=1))
     with pytest.raises(ConfigError, match="already holds a finished run"):
         train(_cfg(tiny_dir, stg_file, tmp_path / "run", max_steps=1))
+
+
+def test_resume_with_other_settings_is_refused(tiny_dir, stg_file, tmp_path):
+    train(_cfg(tiny_dir, stg_file, tmp_path / "run", max_steps=1))
+    with pytest.raises(ConfigError, match=r"attn_alpha: 50.0 -> 5.0.*delete"):
+        train(_cfg(tiny_dir, stg_file, tmp_path / "run", max_steps=1, attn_alpha=5.0), resume=True)
+    # Where the run lives and how it logs may change; the finished run is then reused as it is.
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    again = train(_cfg(tiny_dir, stg_file, moved, max_steps=1, num_threads=2, logging_steps=5), resume=True)
+    assert again.global_step == 1
+
+
+def test_changed_settings_names_each_change_and_fills_older_configs():
+    config = TrainConfig(train_file="runs/a/data/train.jsonl", output_dir="runs/a/cat", epochs=6, position_jitter=8)
+    saved = {"train_file": "runs/b/data/train.jsonl", "output_dir": "runs/b/cat", "epochs": 6, "num_threads": 1}
+    # position_jitter did not exist when this config was saved: it takes its default, 0.
+    assert changed_settings(saved, config) == ["position_jitter: 0 -> 8"]
+    assert changed_settings({**saved, "position_jitter": 8, "seed": 43, "gone_key": 1}, config) == ["seed: 43 -> 42"]
+    assert changed_settings({**saved, "position_jitter": 8, "train_file": "other.jsonl"}, config) == \
+        ["train_file: 'other.jsonl' -> 'train.jsonl'"]
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):

@@ -298,6 +298,7 @@ class ExperimentRunner:
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from cattune.report import write_report
+        from cattune.training import check_same_settings
 
         cfg = self.config
         revision = git_revision()  # now: the code may change on disk while a long run goes on
@@ -306,6 +307,11 @@ class ExperimentRunner:
         train_file, tests = prepare_data(cfg, self.out)
         if not tests:
             raise FileNotFoundError(f"no test files for experiment {cfg.name}")
+        runs = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
+        # Before any long work: a run trained under other settings is not this config's run.
+        for arm, seed in runs:
+            run_dir = arm_dir(self.out, arm, seed, cfg.seeds)
+            check_same_settings(run_dir, _train_config(cfg, arm, seed, train_file, run_dir))
         base: dict[str, Any] = {}
         if cfg.diagnostics:
             from cattune.models import load_model
@@ -318,7 +324,6 @@ class ExperimentRunner:
         per_run: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in cfg.arms}
         # Seed by seed, arm by arm; up to parallel_arms untrained runs train at once, and each group
         # is evaluated before the next trains, so a long grid leaves finished results behind.
-        runs = [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
         pending = [run for run in runs if not self._trained(*run)]
         size = max(1, cfg.parallel_arms)
         groups = [pending[i : i + size] for i in range(0, len(pending), size)]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from cattune.config import ConfigError
 
@@ -110,3 +113,30 @@ class TrainConfig:
             problems.append("limit must be at least 1 (or null for all records)")
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+# Settings that say where a run lives and how it reports, not what it learns: a run may resume
+# (or be reused by an experiment) with these changed. The training file is compared by name, so a
+# run folder and its data may move together.
+BOOKKEEPING = frozenset({"output_dir", "num_threads", "logging_steps", "save_steps", "save_total_limit", "tensorboard"})
+
+
+def changed_settings(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    """The settings in which ``config`` differs from a run's saved config, as ``key: old -> new``.
+
+    A key the saved config lacks (written by an older cattune) takes its default value; keys that
+    no longer exist are ignored.
+    """
+    defaults = TrainConfig()
+    changes = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in BOOKKEEPING:
+            continue
+        old, new = saved.get(f.name, getattr(defaults, f.name)), getattr(config, f.name)
+        if f.name == "train_file":
+            old, new = Path(str(old)).name, Path(str(new)).name
+        elif isinstance(new, float) and isinstance(old, int | float) and not isinstance(old, bool):
+            old = float(old)
+        if old != new:
+            changes.append(f"{f.name}: {old!r} -> {new!r}")
+    return changes

@@ -25,12 +25,12 @@ from transformers import TrainerCallback, TrainingArguments
 from cattune import __version__
 from cattune.augment import PerEpochExamples, SelectEpoch, counterfactual_records, epochs_needed
 from cattune.collator import CATCollator, build_examples, noncausal_spans
-from cattune.config import ConfigError, save_config, to_dict
+from cattune.config import ConfigError, read_yaml, save_config, to_dict
 from cattune.data.records import load_records
 from cattune.evaluate import git_revision
 from cattune.files import atomic_write_json
 from cattune.models import EMBEDDED_MODELS, load_model, load_tokenizer
-from cattune.train_config import TrainConfig
+from cattune.train_config import TrainConfig, changed_settings
 from cattune.trainer import CATTrainer, ReAttentionSettings
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,25 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
                 logger.warning("removing incomplete checkpoint %s", child)
                 shutil.rmtree(child, ignore_errors=True)
     return max(found)[1] if found else None
+
+
+def check_same_settings(out: Path, config: TrainConfig) -> None:
+    """Refuse to resume or reuse the run in ``out`` under settings other than those it was trained with.
+
+    A resumed run with (say) another loss weight would mix two recipes in one model, and a
+    finished run reused under an edited config would report results the config does not describe.
+    """
+    saved_path = out / "config.yaml"
+    started = (out / "model").exists() or any(out.glob("checkpoint-*"))
+    if not started or not saved_path.exists():
+        return
+    changes = changed_settings(read_yaml(saved_path), config)
+    if changes:
+        raise ConfigError(
+            f"{out} was trained with other settings than the ones given now ({'; '.join(changes)}). "
+            f"Use the settings in {saved_path} to resume or reuse it, or delete {out} (or choose another "
+            "output_dir) to train it afresh."
+        )
 
 
 def _trim_metrics(path: Path, last_step: int) -> None:
@@ -148,6 +167,12 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
         checkpoint = last_complete_checkpoint(out)
         if not resume and checkpoint is not None:
             raise ConfigError(f"{out} already holds checkpoints; pass --resume to continue it or choose another output_dir")
+    if resume:
+        check_same_settings(out, config)
+        if (out / "model").exists() and (out / "train_summary.json").exists():
+            summary = json.loads((out / "train_summary.json").read_text())
+            logger.info("%s is a finished run (%d steps); nothing to resume", out, summary["global_step"])
+            return TrainResult(out, out / "model", summary["global_step"], summary["train_loss"], summary)
     revision = git_revision()  # the code this invocation runs (it may change on disk meanwhile)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
