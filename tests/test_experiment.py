@@ -152,6 +152,16 @@ def test_a_grid_of_variants_and_seeds(experiment_run, tmp_path):
             assert json.loads((folder / "train_summary.json").read_text())["global_step"] == 2
         assert set(results["arms"][arm]["splits"]["test_ood"]["per_seed"]) == {"1", "2"}
     assert "cat-path:test_ood" in results["paired"] and "augment:test_ood" in results["paired"]
+    # One pair of runs per seed: the difference of the per-seed accuracies and flip rates.
+    paired = results["paired"]["augment:test_ood"]
+    per_seed = {arm: results["arms"][arm]["splits"]["test_ood"]["per_seed"] for arm in ("baseline", "augment")}
+    assert paired["seeds_paired"]["n"] == 2
+    assert paired["seeds_paired"]["mean_difference"] == pytest.approx(
+        sum(per_seed["augment"][s]["accuracy"] - per_seed["baseline"][s]["accuracy"] for s in ("1", "2")) / 2)
+    assert paired["flip_seeds_paired"]["mean_difference"] == pytest.approx(
+        sum(per_seed["augment"][s]["flip_rate"] - per_seed["baseline"][s]["flip_rate"] for s in ("1", "2")) / 2)
+    for stats in results["arms"]["baseline"]["splits"].values():
+        assert 0.0 <= stats["ci_low"] <= stats["accuracy"] <= stats["ci_high"] <= 1.0
     metrics = [json.loads(line) for line in (out / "cat-path" / "metrics.jsonl").read_text().splitlines()]
     assert any("path_loss" in row for row in metrics)
     assert "path" in json.loads((out / "cat-path" / "attention.json").read_text())
@@ -174,6 +184,15 @@ def test_same_length_flip_is_added_to_a_finished_run(experiment_run):
         assert "flip_same_length_rate" not in results["arms"][arm]["splits"]["test_iid"]
     assert results["paired"]["test_ood"]["flip_same_length_mcnemar"]["p_value"] <= 1
     assert "flip % (same length)" not in (out / "report.md").read_text()  # no grid section for one pair
+
+
+def test_intervals_across_seeds_stay_within_0_and_1():
+    from cattune.experiment import _seed_interval
+    from cattune.stats import seed_summary
+
+    # Three seeds: the t quantile (4.30), not 1.96; the low end would be -0.55 points.
+    assert _seed_interval(seed_summary([0.0, 0.0, 0.005])) == (0.0, pytest.approx(0.005 / 3 * (1 + 4.3027), abs=1e-6))
+    assert _seed_interval(seed_summary([1.0, 0.99]))[1] == 1.0
 
 
 def test_token_change_tables_pool_over_seeds():

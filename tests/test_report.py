@@ -258,7 +258,9 @@ def test_multi_seed_and_extra_arm(results, tmp_path):
     # Arms other than CAT are paired with the baseline under "<arm>:<split>".
     results["paired"]["augment:test_ood"] = {
         "mcnemar": {"b01": 70, "b10": 7, "p_value": 1.7e-10}, "accuracy_difference": 0.158,
-        "diff_ci_low": 0.12, "diff_ci_high": 0.2, "flip_mcnemar": {"b01": 70, "b10": 2, "p_value": 3e-18}}
+        "diff_ci_low": 0.12, "diff_ci_high": 0.2, "flip_mcnemar": {"b01": 70, "b10": 2, "p_value": 3e-18},
+        "seeds_paired": {"n": 2, "mean_difference": 0.158, "t_test_p_value": 0.21},
+        "flip_seeds_paired": {"n": 2, "mean_difference": -0.17, "t_test_p_value": 0.04}}
     for arm in results["arms"].values():
         for split, stats in arm["splits"].items():
             stats["ci_method"] = "seeds"
@@ -277,8 +279,10 @@ def test_multi_seed_and_extra_arm(results, tmp_path):
     assert "Paired tests: paired tests pool items across seeds." in report
     text = findings(results)
     assert any(s.startswith("augment vs baseline on test_ood: 91.0% vs 75.2%") and s.endswith("augment is better.")
-               and "70 items only augment answered correctly" in s for s in text)
-    assert any(s.startswith("augment vs baseline flip rate on test_ood") and "augment is better" in s for s in text)
+               and "70 items only augment answered correctly" in s and "n = 400 items x 2 seeds; per seed (2 pairs of runs): mean difference +15.8 points, paired t p = 0.21"
+               in s for s in text)
+    assert any(s.startswith("augment vs baseline flip rate on test_ood") and "augment is better" in s
+               and "per seed (2 pairs of runs): paired t p = 0.040" in s for s in text)
     # The attention caveat is about CAT alone: augment winning does not make CAT's behaviour "mixed".
     assert any("behaviour did not follow" in s for s in text)
 

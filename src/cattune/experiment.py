@@ -369,11 +369,20 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 FLIP_KINDS = ("flip", "flip_same_length")
 
 
+def _seed_interval(summary: dict[str, float]) -> tuple[float, float]:
+    """The 95% t interval of a mean over seeds, kept inside [0, 1] (it is a share).
+
+    With 3 seeds the t quantile is 4.3, not 1.96: a normal interval would claim far more
+    certainty about seed-to-seed variation than 3 runs can give.
+    """
+    return max(0.0, summary["ci_low"]), min(1.0, summary["ci_high"])
+
+
 def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, Any]]], splits: list[str],
               base: dict[str, Any], *, revision: str | None = None) -> dict[str, Any]:
     """Combine per-arm, per-seed evaluations into the results.json structure."""
     from cattune.flip import pool_token_changes
-    from cattune.stats import mcnemar_exact, paired_bootstrap, seed_summary
+    from cattune.stats import mcnemar_exact, paired_bootstrap, paired_seed_test, seed_summary
 
     seeds = config.seeds
     arms: dict[str, Any] = {}
@@ -393,8 +402,8 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                 entry.update(accuracy=accs[0], ci_low=evals[0]["ci_low"], ci_high=evals[0]["ci_high"], ci_method="wilson")
             else:
                 summ = seed_summary(accs)
-                entry.update(accuracy=summ["mean"], ci_low=summ["mean"] - 1.96 * summ["se"],
-                             ci_high=summ["mean"] + 1.96 * summ["se"], ci_method="seeds", accuracy_sd=summ["std"])
+                low, high = _seed_interval(summ)
+                entry.update(accuracy=summ["mean"], ci_low=low, ci_high=high, ci_method="seeds", accuracy_sd=summ["std"])
             for kind in FLIP_KINDS:
                 flips = [by_seed[s][split].get(kind) for s in seeds]
                 if not all(flips):
@@ -406,7 +415,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                     rate, low, high, extra = rates[0], flips[0]["ci_low"], flips[0]["ci_high"], {}
                 else:
                     summ = seed_summary(rates)
-                    rate, low, high = summ["mean"], summ["mean"] - 1.96 * summ["se"], summ["mean"] + 1.96 * summ["se"]
+                    rate, (low, high) = summ["mean"], _seed_interval(summ)
                     extra = {f"{kind}_sd": summ["std"]}
                 entry.update({f"{kind}_rate": rate, f"{kind}_ci_low": low, f"{kind}_ci_high": high,
                               f"{kind}_n": flips[0]["n"], **extra})
@@ -437,6 +446,12 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                 }
                 boot = paired_bootstrap([float(x) for x in a], [float(x) for x in b])
                 entry.update(diff_ci_low=boot["ci_low"], diff_ci_high=boot["ci_high"])
+                if len(seeds) > 1:
+                    # Pooled McNemar treats items of different seeds as independent pairs; this test
+                    # has one pair per seed, so it also covers seed-to-seed variation.
+                    entry["seeds_paired"] = paired_seed_test(
+                        [per_run["baseline"][s][split]["accuracy"] for s in seeds],
+                        [per_run[arm][s][split]["accuracy"] for s in seeds])
                 for kind in FLIP_KINDS:
                     fa = [per_run["baseline"][s][split].get(kind) for s in seeds]
                     fb = [per_run[arm][s][split].get(kind) for s in seeds]
@@ -445,6 +460,8 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                         ka = [not it["flipped"] for f in fa for it in f["per_item"]]
                         kb = [not it["flipped"] for f in fb for it in f["per_item"]]
                         entry[f"{kind}_mcnemar"] = mcnemar_exact(ka, kb)
+                        if len(seeds) > 1:
+                            entry[f"{kind}_seeds_paired"] = paired_seed_test([f["rate"] for f in fa], [f["rate"] for f in fb])
                 key = split if arm == "cat" else f"{arm}:{split}"
                 paired[key] = entry
 

@@ -268,7 +268,7 @@ def _table_notes(results: Mapping[str, Any]) -> list[str]:
     methods = {s.get("ci_method") for a in _arms(results).values() for sp in _splits(results)
                if (s := _split_stats(a, sp))} - {None}
     described = {"wilson": "Wilson score interval over the n test items",
-                 "seeds": "interval across seeds (the value is the mean over seeds)"}
+                 "seeds": "t interval across seeds (the value is the mean over seeds)"}
     notes = ["Cells: percentage [95% interval]."]
     if methods:
         notes.append("Intervals: " + "; ".join(described.get(m, f"method '{m}'") for m in sorted(methods)) + ".")
@@ -368,7 +368,15 @@ def _accuracy_sentence(results: Mapping[str, Any], split: str, arm: str, c: Comp
     if c.ci is not None:
         detail += f", 95% CI {_interval(*c.ci, signed=True)}"
     n = _split_n(results, split, "n")
-    detail += f"; {c.basis}" + (f"; n = {n}" if n is not None else "")
+    seeds = _seeds(results)
+    if n is not None:
+        # Paired tests pool the items of every seed: say so, or "n = 400" undersells the counts before it.
+        detail += f"; {c.basis}; n = {n}" + (f" items x {len(seeds)} seeds" if len(seeds) > 1 else "")
+    else:
+        detail += f"; {c.basis}"
+    if seed_test := _paired(results, arm, split).get("seeds_paired"):
+        detail += (f"; per seed ({seed_test['n']} pairs of runs): mean difference "
+                   f"{100 * seed_test['mean_difference']:+.1f} points, paired t p = {_p(seed_test['t_test_p_value'])}")
     label = _arm_label(arm)
     head = f"{label} vs baseline on {split}: {_pct(other['accuracy'])}% vs {_pct(base['accuracy'])}% ({detail})"
     if c.verdict == "undetermined":
@@ -421,7 +429,10 @@ def _flip_sentences(results: Mapping[str, Any]) -> list[str]:
             if c.verdict == "undetermined":
                 out.append(f"{head} (no test recorded): no claim can be made.")
             else:
-                out.append(f"{head} ({c.basis}): {_arm_label(arm)} is {c.verdict} ({meaning[c.verdict]}).")
+                basis = c.basis
+                if seed_test := _paired(results, arm, split).get("flip_seeds_paired"):
+                    basis += f"; per seed ({seed_test['n']} pairs of runs): paired t p = {_p(seed_test['t_test_p_value'])}"
+                out.append(f"{head} ({basis}): {_arm_label(arm)} is {c.verdict} ({meaning[c.verdict]}).")
         # A low flip rate is only evidence of reading the causes if the model reads its input at all.
         majority = _majority(results, split)
         lowest = min(s["flip_rate"] for s in with_flip.values())
