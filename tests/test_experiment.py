@@ -96,6 +96,20 @@ def test_a_finished_run_is_not_reused_under_other_settings(experiment_run, tmp_p
     assert (out / "results.json").stat().st_mtime_ns == stamp  # refused before any work
 
 
+def test_report_command_rewrites_the_report_from_results_json(experiment_run, tmp_path, capsys):
+    out, _ = experiment_run
+    assert main(["report", str(out), "--out", str(tmp_path / "again")]) == 0
+    # Same results, same run folders: the same report, training curves and heat-maps included.
+    assert (tmp_path / "again" / "report.md").read_text() == (out / "report.md").read_text()
+    assert {p.name for p in (tmp_path / "again").glob("*.png")} == {p.name for p in out.glob("*.png")}
+    assert "| baseline |" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no results.json here" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"arms": ')
+    assert main(["report", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json:1: not valid JSON" in capsys.readouterr().err
+
+
 def test_parallel_arms_match_sequential_arms(experiment_run, tmp_path):
     out, config = experiment_run
     data = yaml.safe_load(config.read_text())

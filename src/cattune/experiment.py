@@ -297,7 +297,6 @@ class ExperimentRunner:
 
     # -- the whole run -----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from cattune.report import write_report
         from cattune.training import check_same_settings
 
         cfg = self.config
@@ -336,10 +335,41 @@ class ExperimentRunner:
                 per_run[arm][seed]["_train"] = json.loads((run_dir / "train_summary.json").read_text())
         results = aggregate(cfg, per_run, list(tests), base, revision=revision)
         atomic_write_json(self.out / "results.json", results)
-        metrics = {arm: _read_metrics(arm_dir(self.out, arm, cfg.seeds[0], cfg.seeds) / "metrics.jsonl") for arm in cfg.arms}
-        heatmaps = {arm: per_run[arm][cfg.seeds[0]].get("_heatmap") for arm in cfg.arms}
-        write_report(results, self.out, metrics=metrics, heatmaps={k: v for k, v in heatmaps.items() if v})
+        write_folder_report(results, self.out)
         return results
+
+
+def write_folder_report(results: dict[str, Any], folder: Path, out: Path | None = None) -> dict[str, Path]:
+    """``report.md`` and plots for the results of the experiment in ``folder``, written to ``out``
+    (default: ``folder``), with the training curves and heat-maps of each arm's first-seed run
+    where its folder is there (a copied results folder has only ``results.json``)."""
+    from cattune.report import write_report
+
+    seeds = list(results.get("seeds") or [])
+    metrics: dict[str, list[dict[str, Any]]] = {}
+    heatmaps: dict[str, dict[str, Any]] = {}
+    for arm in results.get("arms") or {}:
+        run_dir = arm_dir(folder, arm, seeds[0], seeds) if seeds else folder / arm
+        if rows := _read_metrics(run_dir / "metrics.jsonl"):
+            metrics[arm] = rows
+        if (run_dir / "heatmap.json").exists():
+            heatmaps[arm] = json.loads((run_dir / "heatmap.json").read_text())
+    return write_report(results, out or folder, metrics=metrics or None, heatmaps={k: v for k, v in heatmaps.items() if v})
+
+
+def report_from_folder(folder: Path, out: Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Rewrite the report of a finished experiment from its ``results.json`` (after an upgrade of
+    cattune's report, or for a copied results folder), without training or evaluating anything."""
+    path = folder / "results.json" if folder.is_dir() else folder
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no results.json here; give an experiment folder (runs/<name>) or its results.json")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(results, dict) or "arms" not in results:
+        raise ValueError(f"{path}: not the results.json of a cattune experiment (no 'arms' key)")
+    return results, write_folder_report(results, path.parent, out)
 
 
 def _planned_steps(train: TrainConfig, train_file: Path) -> int:

@@ -16,7 +16,7 @@ import sys
 from cattune import __version__
 
 # Order is the order of the pipeline, which is also the order shown by --help.
-SUBCOMMAND_MODULES = ("data", "annotate", "train", "evaluate", "experiment")
+SUBCOMMAND_MODULES = ("data", "annotate", "train", "evaluate", "experiment", "report")
 
 
 class UserError(Exception):
