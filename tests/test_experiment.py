@@ -110,6 +110,21 @@ def test_report_command_rewrites_the_report_from_results_json(experiment_run, tm
     assert "bad.json:1: not valid JSON" in capsys.readouterr().err
 
 
+def test_a_subset_of_arms_is_reported_apart(experiment_run, tmp_path, capsys):
+    out, config = experiment_run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "results.json", out / "config.yaml", out / "cat" / "train_summary.json")}
+    sub = tmp_path / "only-cat"
+    assert main(["experiment", "--config", str(config), "--arms", "cat", "--results-dir", str(sub)]) == 0
+    results = json.loads((sub / "results.json").read_text())
+    assert set(results["arms"]) == {"cat"} and (sub / "report.md").exists() and (sub / "config.yaml").exists()
+    full = json.loads((out / "results.json").read_text())
+    assert results["arms"]["cat"]["splits"] == full["arms"]["cat"]["splits"]  # the same run, not retrained
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # the grid's own files untouched
+    capsys.readouterr()
+    assert main(["experiment", "--config", str(config), "--arms", "cat,nope"]) == 2
+    assert "nope; the arms of" in capsys.readouterr().err
+
+
 def test_parallel_arms_match_sequential_arms(experiment_run, tmp_path):
     out, config = experiment_run
     data = yaml.safe_load(config.read_text())

@@ -130,9 +130,12 @@ def _annotated_for_diagnostics(records: list[Record], benchmark: str | None) -> 
 class ExperimentRunner:
     """Runs one experiment config step by step; every step is resumable."""
 
-    def __init__(self, config: ExperimentConfig, *, progress: bool = True):
+    def __init__(self, config: ExperimentConfig, *, progress: bool = True, results_dir: Path | None = None):
         self.config = config
         self.out = Path(config.output_dir or Path("runs") / config.name)
+        # Where config.yaml, results.json and the report go: the run folder unless told otherwise
+        # (a subset of a grid's arms reported apart, leaving the whole grid's results in place).
+        self.results_dir = Path(results_dir) if results_dir else self.out
         self.progress = progress
         self._tokenizer: Any = None
 
@@ -302,7 +305,8 @@ class ExperimentRunner:
         cfg = self.config
         revision = git_revision()  # now: the code may change on disk while a long run goes on
         self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.results_dir / "config.yaml")
         train_file, tests = prepare_data(cfg, self.out)
         if not tests:
             raise FileNotFoundError(f"no test files for experiment {cfg.name}")
@@ -334,8 +338,8 @@ class ExperimentRunner:
                 per_run[arm][seed] = self.evaluate_arm(str(run_dir), run_dir, tests)
                 per_run[arm][seed]["_train"] = json.loads((run_dir / "train_summary.json").read_text())
         results = aggregate(cfg, per_run, list(tests), base, revision=revision)
-        atomic_write_json(self.out / "results.json", results)
-        write_folder_report(results, self.out)
+        atomic_write_json(self.results_dir / "results.json", results)
+        write_folder_report(results, self.out, self.results_dir)
         return results
 
 

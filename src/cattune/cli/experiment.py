@@ -24,21 +24,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Override any key with key=value, e.g. seeds=[1,2,3] train.max_steps=20 eval_limit=50.",
     )
     p.add_argument("--config", required=True, help="experiment YAML (see configs/experiment_*.yaml)")
+    p.add_argument("--arms", default=None, metavar="NAME,...",
+                   help="run and report only these arms of the config (their finished runs are reused)")
+    p.add_argument("--results-dir", type=Path, default=None, metavar="DIR",
+                   help="write config.yaml, results.json, report.md and plots here instead of the run folder "
+                        "(with --arms: report a subset without replacing the whole grid's results)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (nested keys with dots)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cattune.cli.main import UserError
     from cattune.experiment import ExperimentRunner
     from cattune.report import comparison_table, findings
 
     config = load_config(ExperimentConfig, args.config, args.overrides)
-    runner = ExperimentRunner(config)
+    if args.arms:
+        names = [name.strip() for name in args.arms.split(",") if name.strip()]
+        unknown = [name for name in names if name not in config.arms]
+        if unknown or not names:
+            raise UserError(f"--arms {args.arms}: {', '.join(unknown) or 'no arm named'}; "
+                            f"the arms of {args.config} are {', '.join(config.arms)}")
+        config.arms = {name: config.arms[name] for name in names}
+    runner = ExperimentRunner(config, results_dir=args.results_dir)
     results = runner.run()
     print()
     print(comparison_table(results))
     print()
     for line in findings(results):
         print(f"- {line}")
-    print(f"\nresults: {Path(runner.out) / 'results.json'}  report: {Path(runner.out) / 'report.md'}")
+    print(f"\nresults: {runner.results_dir / 'results.json'}  report: {runner.results_dir / 'report.md'}")
     return 0
