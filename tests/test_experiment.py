@@ -53,6 +53,10 @@ def test_results_json_has_every_figure(experiment_run):
     assert results["cattune_version"] and "git_revision" in results and results["config"]["name"] == "tiny"
     assert "git_revision" in results["arms"]["cat"]["train"]  # the revision each arm trained with
     assert results["base_model"]["attention"]["share"]
+    for arm in ("baseline", "cat"):
+        (epoch,) = results["arms"][arm]["train"]["losses_by_epoch"]["1"]  # 3 steps: all in epoch 1
+        assert epoch["epoch"] == 1 and epoch["lm_loss"] > 0
+    assert "attn_loss" in results["arms"]["cat"]["train"]["losses_by_epoch"]["1"][0]
 
 
 def test_accuracy_matches_the_predictions_files(experiment_run):
@@ -69,9 +73,22 @@ def test_report_and_plots_written(experiment_run):
     report = (out / "report.md").read_text()
     assert "baseline" in report and "cat" in report
     assert "## Flips by change in token count" in report
+    assert "## Training losses by epoch" in report and "| CAT | 1 | Re-Attention |" in report
     for png in ("accuracy.png", "attention_training.png", "attention_heatmaps.png"):
         assert (out / png).stat().st_size > 5000, png
     assert (out / "baseline" / "model").is_dir() and (out / "cat" / "model").is_dir()
+
+
+def test_losses_by_epoch_averages_each_term_within_its_epoch():
+    from cattune.experiment import losses_by_epoch
+
+    rows = [{"step": 1, "epoch": 0.5, "lm_loss": 4.0, "path_loss": 1.0},
+            {"step": 2, "epoch": 1.0, "lm_loss": 2.0, "path_loss": 3.0},  # the last step of epoch 1
+            {"step": 3, "epoch": 1.5, "lm_loss": 1.0, "path_loss": float("nan")},
+            {"step": 3, "epoch": 1.5, "train_runtime": 9.0}]  # the end-of-training row has no terms
+    assert losses_by_epoch(rows) == [{"epoch": 1, "lm_loss": 3.0, "path_loss": 2.0},
+                                     {"epoch": 2, "lm_loss": 1.0}]
+    assert losses_by_epoch([]) == []
 
 
 def test_rerun_resumes_without_retraining(experiment_run):

@@ -337,6 +337,7 @@ class ExperimentRunner:
                 run_dir = self.train_arm(arm, seed, train_file)
                 per_run[arm][seed] = self.evaluate_arm(str(run_dir), run_dir, tests)
                 per_run[arm][seed]["_train"] = json.loads((run_dir / "train_summary.json").read_text())
+                per_run[arm][seed]["_losses"] = losses_by_epoch(_read_metrics(run_dir / "metrics.jsonl"))
         results = aggregate(cfg, per_run, list(tests), base, revision=revision)
         atomic_write_json(self.results_dir / "results.json", results)
         write_folder_report(results, self.out, self.results_dir)
@@ -397,6 +398,28 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# The loss terms a run logs (cattune.trainer), reported per epoch: whether a run learned the task
+# shows in its LM loss, and whether a constraint went silent in its own term.
+LOSS_TERMS = ("lm_loss", "attn_loss", "path_loss")
+
+
+def losses_by_epoch(rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Mean of each logged loss term over the logging steps of each epoch (epoch 1 holds the
+    steps in (0, 1]), from a run's ``metrics.jsonl`` rows; terms a run never logged are left out."""
+    by_epoch: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        epoch = row.get("epoch")
+        if not isinstance(epoch, (int, float)) or epoch <= 0:
+            continue
+        terms = by_epoch.setdefault(math.ceil(epoch - 1e-9), {})
+        for term in LOSS_TERMS:
+            value = row.get(term)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                terms.setdefault(term, []).append(float(value))
+    return [{"epoch": e, **{t: sum(v) / len(v) for t, v in terms.items()}}
+            for e, terms in sorted(by_epoch.items()) if terms]
 
 
 # Flip measurements of a split: the spurious redraw, and the same with every printed length kept.
@@ -463,7 +486,8 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
             "attention": first.get("_attention") or None,
             "train": {"steps": train.get("global_step"), "seconds": (train.get("metrics") or {}).get("train_runtime"),
                       "final_train_loss": train.get("train_loss"), "overrides": config.arms[arm],
-                      "git_revision": train.get("git_revision")},
+                      "git_revision": train.get("git_revision"),
+                      "losses_by_epoch": {str(s): by_seed[s]["_losses"] for s in seeds if by_seed[s].get("_losses")}},
         }
 
     paired: dict[str, Any] = {}

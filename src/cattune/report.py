@@ -1077,6 +1077,26 @@ def _per_seed_table(results: Mapping[str, Any]) -> str | None:
     return _md_table(["arm", "seed"] + [f"{s} acc %" for s in splits], rows) if rows else None
 
 
+_TERM_LABELS = {"lm_loss": "LM", "attn_loss": "Re-Attention", "path_loss": "path"}
+
+
+def loss_table(results: Mapping[str, Any]) -> str | None:
+    """Each run's loss terms, mean per epoch (``train.losses_by_epoch`` of results.json): one row
+    per arm, seed and term. Whether a run learned the task shows in its LM loss per epoch."""
+    rows, n_epochs = [], 0
+    for name, arm in _arms(results).items():
+        for seed, epochs in ((arm.get("train") or {}).get("losses_by_epoch") or {}).items():
+            n_epochs = max(n_epochs, len(epochs))
+            for term, label in _TERM_LABELS.items():
+                if any(term in e for e in epochs):
+                    rows.append([_arm_label(name), str(seed), label]
+                                + [f"{e[term]:.3g}" if term in e else "—" for e in epochs])
+    if not rows:
+        return None
+    rows = [r + [""] * (3 + n_epochs - len(r)) for r in rows]
+    return _md_table(["arm", "seed", "loss", *(f"epoch {e}" for e in range(1, n_epochs + 1))], rows)
+
+
 def write_report(results: dict, out_dir: str | Path, *, metrics: dict[str, list[dict]] | None = None,
                  heatmaps: dict[str, dict] | None = None) -> dict[str, Path]:
     """Write ``report.md`` and the PNG plots the data supports into ``out_dir``.
@@ -1126,6 +1146,10 @@ def write_report(results: dict, out_dir: str | Path, *, metrics: dict[str, list[
         parts += ["## Flips by change in token count", by_length]
     if per_seed := _per_seed_table(results):
         parts += ["## Per seed", per_seed]
+    if losses := loss_table(results):
+        parts += ["## Training losses by epoch",
+                  "Mean of each logged term over the epoch's logging steps (the terms before their weights).",
+                  losses]
     if images:
         parts += ["## Plots", "\n\n".join(f"![{caption}]({file})" for caption, file in images)]
     parts += ["## How to read this", _HOW_TO_READ.rstrip()]
