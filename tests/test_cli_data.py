@@ -108,3 +108,27 @@ def test_check_reports_bad_input_without_traceback(tmp_path, capsys):
     assert f"{bad}:2: invalid JSON" in err
     assert main(["data", "check", str(tmp_path / "missing.jsonl"), "--model", str(model)]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "module"), [("stg", stg), ("stg-h", stg_h)])
+def test_spans_names_the_noncausal_spans_of_a_file_without_them(tmp_path, capsys, command, module):
+    # A generated file with its 'noncausal' field removed stands for a released file.
+    splits = module.generate_splits(5, 12, 0)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in o.items() if k != "noncausal"}) + "\n" for o in splits["train"]))
+    out = tmp_path / "with_spans.jsonl"
+    assert main(["data", "spans", str(bare), "--benchmark", command, "--out", str(out)]) == 0
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert written == splits["train"]  # spans as the generator names them, everything else kept
+    assert "12 records" in capsys.readouterr().out
+
+
+def test_spans_refuses_another_benchmark_and_overwriting(tmp_path, capsys):
+    path = tmp_path / "stg_h.jsonl"
+    path.write_text("".join(json.dumps(o) + "\n" for o in stg_h.generate_splits(5, 3, 0)["train"]))
+    assert main(["data", "spans", str(path), "--benchmark", "stg", "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1: not an STG prompt" in err and "is this a stg file?" in err
+    assert not (tmp_path / "x.jsonl").exists()
+    assert main(["data", "spans", str(path), "--benchmark", "stg-h", "--out", str(path)]) == 2
+    assert "--out must not be FILE itself" in capsys.readouterr().err

@@ -95,9 +95,9 @@ def with_noncausal_spans(train_file: Path, benchmark: str, *, folder: Path) -> P
         return train_file
     target = folder / f"{train_file.stem}.with_spans.jsonl"
     if not target.exists():
-        spans = _benchmark_module(benchmark).spans
-        enriched = [dataclasses.replace(rec, extra={**rec.extra, "noncausal": spans(rec.input, rec.target)[1]})
-                    for rec in records]
+        from cattune.data.benchmarks import add_noncausal_spans
+
+        enriched = add_noncausal_spans(records, benchmark)
         folder.mkdir(parents=True, exist_ok=True)
         write_records(target, enriched)  # atomic
         logger.info("wrote %s: %d training records with their named non-causal spans", target, len(enriched))

@@ -40,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
         help="generate STG / STG_H data, prepare downstream tasks and check annotation coverage",
-        description="Generate the synthetic benchmarks (stg, stg-h), prepare the downstream tasks from the "
-                    "released files (task) and report how well a file's annotations map to token-level "
-                    "supervision for a tokenizer (check).",
+        description="Generate the synthetic benchmarks (stg, stg-h), name the non-causal spans of a released "
+                    "STG / STG_H file (spans), prepare the downstream tasks from the released files (task) "
+                    "and report how well a file's annotations map to token-level supervision for a "
+                    "tokenizer (check).",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -92,6 +93,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--worst", type=int, default=5, metavar="K", help="offending records listed per file (default: 5)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     p.set_defaults(func=run_check)
+
+    p = sub.add_parser(
+        "spans",
+        help="add the named spurious and irrelevant spans to an STG / STG_H file (for the path constraint)",
+        description="Write OUT: every record of FILE with a 'noncausal' field naming its spurious and irrelevant\n"
+                    "spans, read from the prompt; the causes ('important') and the other fields are kept.\n"
+                    "The released files lack the field, and the path constraint (path_weight > 0, the\n"
+                    "recipes of docs/STUDY.md) needs it; 'cattune experiment' adds it by itself, 'cattune\n"
+                    "train' reads it from the file. Generated files ('cattune data stg') already have it.\n\n"
+                    "Example (the path constraint with position jitter, docs/STUDY.md):\n"
+                    "  cattune data spans ../shared/data/cat-release/STG/spurious_token_game_train3_M.jsonl \\\n"
+                    "      --out runs/data/stg_m_train.with_spans.jsonl\n"
+                    "  cattune train --config configs/train_stg_smollm2.yaml output_dir=runs/stg-path \\\n"
+                    "      train_file=runs/data/stg_m_train.with_spans.jsonl path_weight=0.1 position_jitter=8",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", metavar="FILE", help="release-format JSONL file of the benchmark")
+    p.add_argument("--out", required=True, metavar="OUT", help="output JSONL file (replaced if it exists)")
+    p.add_argument("--benchmark", choices=[stg.NAME, stg_h.NAME], default=stg.NAME,
+                   help=f"whose prompt format FILE holds (default: {stg.NAME})")
+    p.set_defaults(func=run_spans)
 
     from cattune.tasks import TASKS
 
@@ -214,6 +236,21 @@ def run_check(args: argparse.Namespace) -> int:
         path = atomic_write_json(args.json, {"model": args.model, "max_length": args.max_length,
                                              "skip_adjacent": not args.keep_adjacent, "files": reports})
         print(f"\nfigures written to {path}")
+    return 0
+
+
+def run_spans(args: argparse.Namespace) -> int:
+    from cattune.cli.main import UserError
+    from cattune.data.benchmarks import add_noncausal_spans
+    from cattune.data.records import load_records, write_records
+
+    if Path(args.out).resolve() == Path(args.file).resolve():
+        raise UserError("--out must not be FILE itself; write the enriched copy elsewhere")
+    records = add_noncausal_spans(load_records(args.file), args.benchmark)
+    path = write_records(args.out, records)
+    spurious = sum(len(r.extra["noncausal"]["spurious"]) for r in records)
+    irrelevant = sum(len(r.extra["noncausal"]["irrelevant"]) for r in records)
+    print(f"{args.file} -> {path}: {len(records)} records, {spurious} spurious and {irrelevant} irrelevant spans named")
     return 0
 
 

@@ -8,6 +8,7 @@ extra shift, plus ``card.json`` / ``card.md``. The generators themselves live in
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -19,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from cattune.data import cards, stg, stg_h
-from cattune.data.records import write_records
+from cattune.data.records import DataError, Record, write_records
 from cattune.data.tables import parse_table
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,23 @@ BENCHMARKS: dict[str, Benchmark] = {
     stg.NAME: Benchmark(stg.NAME, stg, "Spurious Token Game (cancer risk, 8 integer variables)", _stg_notes),
     stg_h.NAME: Benchmark(stg_h.NAME, stg_h, "STG_H (air-quality index 0..100, 14 variables)", _stg_h_notes),
 }
+
+
+def add_noncausal_spans(records: Sequence[Record], benchmark: str) -> list[Record]:
+    """The records with a ``noncausal`` field naming their spurious and irrelevant spans, read from
+    the benchmark's prompt (the released files lack it; the path constraint needs it). The causes
+    (``important``) and every other field are kept exactly. Raises :class:`DataError` (file:line)
+    on a prompt that is not the benchmark's."""
+    spans = BENCHMARKS[benchmark].module.spans
+    enriched = []
+    for rec in records:
+        try:
+            noncausal = spans(rec.input, rec.target)[1]
+        except ValueError as exc:
+            raise DataError(rec.source or "<records>", rec.line or None, str(exc),
+                            f"is this a {benchmark} file?") from None
+        enriched.append(dataclasses.replace(rec, extra={**rec.extra, "noncausal": noncausal}))
+    return enriched
 
 
 @dataclass(frozen=True)
