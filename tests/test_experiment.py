@@ -251,3 +251,23 @@ def test_token_change_tables_pool_over_seeds():
     pooled = pool_token_changes([a, b])
     assert list(pooled) == ["-1", "0", "+1"]
     assert pooled["+1"] == {"n": 4, "flips": 3, "changes": {"Low Risk -> High Risk": 3}, "rate": 0.75}
+
+
+def test_run_folders_keep_their_seed_whatever_the_seed_list(tmp_path):
+    from cattune.experiment import arm_dir
+
+    # A first call with seeds [42, 43]: the first seed gets the bare folder.
+    assert arm_dir(tmp_path, "cat", 42, [42, 43]) == tmp_path / "cat"
+    assert arm_dir(tmp_path, "cat", 43, [42, 43]) == tmp_path / "cat-seed43"
+    for folder, seed in (("cat", 42), ("cat-seed43", 43)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "lr": 0.001}))
+    # A later call with seeds [43, 44] finds seed 43's run, and does not take seed 42's for it.
+    assert arm_dir(tmp_path, "cat", 43, [43, 44]) == tmp_path / "cat-seed43"
+    assert arm_dir(tmp_path, "cat", 44, [43, 44]) == tmp_path / "cat-seed44"
+    assert arm_dir(tmp_path, "cat", 42, [44, 42]) == tmp_path / "cat"
+    # A request written before training started counts as the folder's seed too.
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "train_request.yaml").write_text(yaml.safe_dump({"seed": 7}))
+    assert arm_dir(tmp_path, "base", 8, [8]) == tmp_path / "base-seed8"
+    assert arm_dir(tmp_path, "base", 7, [8, 7]) == tmp_path / "base"

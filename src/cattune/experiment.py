@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm.auto import tqdm
 
 from cattune import __version__
@@ -45,7 +46,28 @@ logger = logging.getLogger(__name__)
 
 
 def arm_dir(out: Path, arm: str, seed: int, seeds: list[int]) -> Path:
-    return out / arm if seed == seeds[0] else out / f"{arm}-seed{seed}"
+    """The run folder of ``arm`` at ``seed``: ``out/<arm>`` for the first seed of the list,
+    ``out/<arm>-seed<seed>`` for the others, except that a folder already holding a run keeps its
+    seed, so a later call with other seeds (``seeds=[43,44]`` after ``seeds=[42,43,44]``) finds
+    the runs of an earlier one instead of mistaking seed 42's run for seed 43's."""
+    bare, suffixed = out / arm, out / f"{arm}-seed{seed}"
+    if suffixed.exists():
+        return suffixed
+    held = _run_seed(bare)
+    if held == seed or (held is None and seed == seeds[0]):
+        return bare
+    return suffixed
+
+
+def _run_seed(run_dir: Path) -> int | None:
+    """The seed of the run in ``run_dir`` (its saved config, or the experiment's request), if any."""
+    for name in ("config.yaml", "train_request.yaml"):
+        path = run_dir / name
+        if path.exists():
+            data = yaml.safe_load(path.read_text()) or {}
+            if isinstance(data, dict) and isinstance(data.get("seed"), int):
+                return data["seed"]
+    return None
 
 
 def _benchmark_module(name: str) -> Any:
