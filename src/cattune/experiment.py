@@ -31,11 +31,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from cattune import __version__
-from cattune.config import from_dict, save_config, to_dict
+from cattune.config import from_dict, read_yaml, save_config, to_dict
 from cattune.data.records import Record, load_records, write_records
 from cattune.evaluate import git_revision
 from cattune.experiment_config import ExperimentConfig
@@ -63,10 +62,8 @@ def _run_seed(run_dir: Path) -> int | None:
     """The seed of the run in ``run_dir`` (its saved config, or the experiment's request), if any."""
     for name in ("config.yaml", "train_request.yaml"):
         path = run_dir / name
-        if path.exists():
-            data = yaml.safe_load(path.read_text()) or {}
-            if isinstance(data, dict) and isinstance(data.get("seed"), int):
-                return data["seed"]
+        if path.exists() and isinstance(seed := read_yaml(path).get("seed"), int):
+            return seed
     return None
 
 
