@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cattune.cli.main import UserError
+    from cattune.cli.report import print_results
     from cattune.experiment import ExperimentRunner
-    from cattune.report import comparison_table, findings
 
     config = load_config(ExperimentConfig, args.config, args.overrides)
     if args.arms:
@@ -49,9 +49,6 @@ def run(args: argparse.Namespace) -> int:
     runner = ExperimentRunner(config, results_dir=args.results_dir)
     results = runner.run()
     print()
-    print(comparison_table(results))
-    print()
-    for line in findings(results):
-        print(f"- {line}")
+    print_results(results)
     print(f"\nresults: {runner.results_dir / 'results.json'}  report: {runner.results_dir / 'report.md'}")
     return 0

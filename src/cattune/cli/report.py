@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,18 +25,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def print_results(results: dict[str, Any]) -> None:
+    """The comparison table and the findings of an experiment's results, on the terminal."""
+    from cattune.report import comparison_table, findings
+
+    print(comparison_table(results))
+    print()
+    for line in findings(results):
+        print(f"- {line}")
+
+
 def run(args: argparse.Namespace) -> int:
     from cattune.cli.main import UserError
     from cattune.experiment import report_from_folder
-    from cattune.report import comparison_table, findings
 
     try:
         results, written = report_from_folder(args.results, args.out)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    print(comparison_table(results))
-    print()
-    for line in findings(results):
-        print(f"- {line}")
+    print_results(results)
     print(f"\nwrote {', '.join(str(p) for p in written.values())}")
     return 0
