@@ -189,7 +189,8 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
         records = records[: config.limit]
     if config.path_weight > 0 and not any(noncausal_spans(rec) for rec in records):
         raise ConfigError(f"path_weight > 0 needs named non-causal spans, and no record of {config.train_file} has a "
-                          "'noncausal' field; generate the data with 'cattune data stg' / 'stg-h', or set path_weight=0")
+                          "'noncausal' field; add it to a released file with 'cattune data spans', generate the data with "
+                          "'cattune data stg' / 'stg-h', or set path_weight=0")
     tokenizer = tokenizer or load_tokenizer(config.model)
     encode = functools.partial(build_examples, tokenizer=tokenizer, max_length=config.max_length,
                                skip_adjacent=config.skip_adjacent, path_rows=config.path_weight > 0)
