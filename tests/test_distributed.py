@@ -57,3 +57,19 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         # counts weigh tokens slightly differently than one process does; hence the tolerance.
         for key in ("lm_loss", "attn_loss", "attn_ratio"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-3, abs=1e-5), (ra["step"], key)
+
+
+def test_a_command_that_succeeds_destroys_the_process_group(tmp_path):
+    """A launcher's process group left to interpreter exit can abort a finished run (gloo threads
+    torn down mid-flight: SIGABRT); the CLI destroys it after a command succeeds."""
+    import torch.distributed as dist
+
+    from cattune.cli.main import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["-q", "data", "stg", "--train-size", "4", "--test-size", "4", "--out", str(tmp_path / "stg")]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

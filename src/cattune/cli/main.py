@@ -80,13 +80,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        _end_distributed()
+        return status
     except _user_error_types() as exc:
         print(f"cattune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cattune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _end_distributed() -> None:
+    """Destroy the process group a launcher (torchrun, accelerate) had the Trainer create.
+
+    Left to interpreter exit, gloo's worker threads can be torn down mid-flight and abort a run
+    that succeeded (SIGABRT, "terminate called without an active exception"). Only after success:
+    destroying it while another rank is still in a collective can deadlock.
+    """
+    dist = sys.modules.get("torch.distributed")  # a command that never imported torch has no group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
