@@ -116,3 +116,30 @@ def test_released_files_infer_and_accept_their_own_targets(release_dir, relative
     # A model that prints the target verbatim must score 100% on every released file.
     rejected = [r.target for r in records if not checker.is_correct(r.target, r.target)]
     assert rejected == []
+
+
+@pytest.mark.parametrize(
+    ("task", "answer", "target", "error"),
+    [
+        ("stg_h", "60", "62", 2.0),
+        ("stg_h", "62.0", "62", 0.0),  # wrong by exact match, no error as a number
+        ("stg_h", "High", "62", None),
+        ("mawps", "80", "Answer: 84.0", 4.0),
+        ("svamp", "-3", "4", 7.0),
+        ("gsm8k", "70", "She pays 9 * 8 = 72\n#### 72", 2.0),
+        ("numeric", "", "5", None),
+        ("stg", "High Risk", "Low Risk", None),  # not a numeric task
+        ("arc_e", "1", "2", None),
+    ],
+)
+def test_absolute_error_of_numeric_answers(task, answer, target, error):
+    checker = get_checker(task)
+    assert checker.numeric == (task not in {"stg", "arc_e"})
+    assert checker.absolute_error(answer, target) == error
+
+
+def test_target_number_reads_each_numeric_format():
+    assert get_checker("mawps").target_number("Answer: 84.0") == "84.0"
+    assert get_checker("gsm8k").target_number("3 + 4 = 7\n#### 1,200") == "1200"
+    assert get_checker("stg_h").target_number(" 62 ") == "62"
+    assert get_checker("stg").target_number("High Risk") == ""

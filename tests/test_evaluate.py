@@ -223,6 +223,20 @@ def test_evaluate_records_with_known_predictions(monkeypatch, tmp_path):
     summary = result.to_json()
     assert summary["predictions"] == str(tmp_path / "p.jsonl")
     assert summary["per_item"] == result.per_item
+    assert "mean_absolute_error" not in summary  # labels, not numbers
+
+
+def test_numeric_answers_carry_their_absolute_error(monkeypatch):
+    records = [Record(input=f"Air Quality Index question {i}", target=t, line=i + 1, source="h.jsonl")
+               for i, t in enumerate(["62", "40", "55"])]
+    replies = dict(zip((r.input for r in records), [" 60", " forty", " 55\n"]))
+    monkeypatch.setattr(evaluate_module, "generate", lambda model, tok, prompts, **kw: [replies[p] for p in prompts])
+    summary = evaluate_records(None, None, records).to_json()
+    assert summary["task"] == "stg_h"
+    assert summary["absolute_error"] == [2.0, None, 0.0]
+    assert summary["mean_absolute_error"] == 1.0 and summary["numeric_answers"] == 2
+    assert summary["median_answer_error"] == pytest.approx((7 + 15 + 0) / 3)  # always answering 55
+    assert summary["per_item"] == [False, False, True]
 
 
 def test_majority_baseline_and_output_names():

@@ -271,3 +271,60 @@ def test_run_folders_keep_their_seed_whatever_the_seed_list(tmp_path):
     (tmp_path / "base" / "train_request.yaml").write_text(yaml.safe_dump({"seed": 7}))
     assert arm_dir(tmp_path, "base", 8, [8]) == tmp_path / "base-seed8"
     assert arm_dir(tmp_path, "base", 7, [8, 7]) == tmp_path / "base"
+
+
+def _numeric_eval(errors):
+    known = [e for e in errors if e is not None]
+    return {"n": len(errors), "accuracy": sum(e == 0 for e in errors) / len(errors), "ci_low": 0.0, "ci_high": 1.0,
+            "majority_accuracy": 0.1, "majority_label": "50", "task": "stg_h",
+            "per_item": [e == 0 for e in errors], "absolute_error": errors,
+            "mean_absolute_error": sum(known) / len(known), "numeric_answers": len(known), "median_answer_error": 3.0}
+
+
+def test_numeric_error_is_aggregated_paired_and_reported(tmp_path):
+    from cattune.experiment import aggregate
+    from cattune.experiment_config import ExperimentConfig
+    from cattune.report import findings, numeric_error_table
+
+    errors = {"baseline": {1: [4.0, 2.0, None, 6.0], 2: [2.0, 4.0, 8.0, 2.0]},
+              "cat": {1: [0.0, 1.0, 2.0, None], 2: [1.0, 0.0, 1.0, 2.0]}}
+    per_run = {arm: {seed: {"test_ood": _numeric_eval(e)} for seed, e in by_seed.items()}
+               for arm, by_seed in errors.items()}
+    config = ExperimentConfig(train_file="t.jsonl", test_files={"test_ood": "o.jsonl"}, seeds=[1, 2],
+                              arms={"baseline": {"attn_weight": 0.0}, "cat": {}})
+    results = aggregate(config, per_run, ["test_ood"], {})
+    base = results["arms"]["baseline"]["splits"]["test_ood"]
+    assert base["per_seed"]["1"]["mean_absolute_error"] == 4.0
+    assert base["mean_absolute_error"] == pytest.approx((4.0 + 4.0) / 2)
+    assert base["numeric_answers"] == 7 and base["numeric_answer_share"] == 7 / 8
+    assert base["mae_ci_method"] == "seeds" and base["mae_ci_low"] == 4.0 == base["mae_ci_high"]
+    cat = results["arms"]["cat"]["splits"]["test_ood"]
+    assert cat["mean_absolute_error"] == pytest.approx(1.0) and cat["mae_ci_low"] == pytest.approx(1.0)
+    paired = results["paired"]["test_ood"]
+    # Only items where both arms answered with a number: 2 of seed 1, all 4 of seed 2.
+    boot = paired["absolute_error_bootstrap"]
+    assert boot["n"] == 6
+    assert boot["mean_difference"] == pytest.approx(((0 - 4) + (1 - 2) + (1 - 2) + (0 - 4) + (1 - 8) + (2 - 2)) / 6)
+    assert paired["absolute_error_seeds_paired"]["n"] == 2
+    table = numeric_error_table(results)
+    assert "test_ood abs. error" in table and "87.5% with a number" in table
+    assert f"{boot['mean_difference']:+.2f}" in table
+    assert "| median answer | 3.00 |" in table
+    found = findings(results)
+    sentence = next(s for s in found if "vs baseline mean absolute error on test_ood" in s)
+    assert "CAT vs baseline" in sentence and "6 items where both answered with a number" in sentence
+    # The baseline (4.0) is no better than always answering the median (3.0); CAT (1.0) is.
+    assert [s.split("'s")[0] for s in found if "median target" in s] == ["baseline"]
+
+
+def test_numeric_error_of_a_cached_evaluation_comes_from_its_predictions(tmp_path):
+    from cattune.experiment import _numeric_error_from_predictions
+
+    predictions = tmp_path / "test_ood.predictions.jsonl"
+    rows = [{"answer": "60", "target": "62"}, {"answer": "", "target": "40"}, {"answer": "55", "target": "55"}]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    filled = _numeric_error_from_predictions("stg_h", predictions)
+    assert filled == {"absolute_error": [2.0, None, 0.0], "mean_absolute_error": 1.0, "numeric_answers": 2,
+                      "median_answer_error": pytest.approx(22 / 3)}
+    assert _numeric_error_from_predictions("stg", predictions) is None
+    assert _numeric_error_from_predictions("stg_h", tmp_path / "missing.jsonl") is None

@@ -20,6 +20,11 @@ released files' target formats:
 Numbers match when ``|p - t| <= 1e-6 * max(1, |t|)`` ("84.0" equals "84"), or, when the prediction
 gives at least two decimals but fewer than the target, when the target rounded to the prediction's
 decimals equals it (MAWPS targets such as "10.6666666667" accept "10.67", not "11" or "10.7").
+
+Tasks whose targets are all numbers (``stg_h``, ``numeric``, ``mawps``, ``svamp``, ``gsm8k``) also
+give an absolute error per answer (:meth:`Checker.absolute_error`): on STG_H, where exact matches
+are rare for a small model, how far an answer is off says more than whether it is exact. ASDiv is
+left out: its targets mix numbers, fractions and text.
 """
 
 from __future__ import annotations
@@ -100,6 +105,13 @@ class Checker:
     stop_pattern: str | None = None
     extract_fn: Callable[[str], str] = field(default=first_line, repr=False, compare=False)
     match_fn: Callable[[str, str], bool] = field(default=_exact_match, repr=False, compare=False)
+    # The number a target stands for, for tasks whose targets are numbers (None: not numeric).
+    target_number_fn: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether answers can be off by an amount (numeric targets), not just right or wrong."""
+        return self.target_number_fn is not None
 
     def extract(self, generation: str) -> str:
         """The answer part of a raw continuation ("" when there is none)."""
@@ -111,6 +123,15 @@ class Checker:
     def answer_matches(self, answer: str, target: str) -> bool:
         """Whether an already extracted answer matches the target."""
         return bool(answer) and self.match_fn(answer, target)
+
+    def target_number(self, target: str) -> str:
+        """The number a target stands for, as printed ("" when the task is not numeric or it holds none)."""
+        return _first_number_text(self.target_number_fn(target)) if self.target_number_fn else ""
+
+    def absolute_error(self, answer: str, target: str) -> float | None:
+        """``|answer - target|`` as numbers; None when the task is not numeric or either holds no number."""
+        a, t = _first_number_text(answer), self.target_number(target)
+        return abs(float(a) - float(t)) if a and t else None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "max_new_tokens": self.max_new_tokens,
@@ -191,18 +212,18 @@ def _compare_option(answer: str, target: str) -> bool:
 
 
 def _numeric_checker(name: str) -> Checker:
-    return Checker(name, 16, ("\n",), None, _extract_numeric, _compare_numeric)
+    return Checker(name, 16, ("\n",), None, _extract_numeric, _compare_numeric, _numeric_target)
 
 
 _CHECKERS: dict[str, Checker] = {
     "stg": Checker("stg", 8, ("\n",)),
-    "stg_h": Checker("stg_h", 8, ("\n",)),
+    "stg_h": Checker("stg_h", 8, ("\n",), target_number_fn=str.strip),
     "numeric": _numeric_checker("numeric"),
     "mawps": _numeric_checker("mawps"),
     "svamp": _numeric_checker("svamp"),
     "asdiv": Checker("asdiv", 24, ("\n",), None, _extract_asdiv, _compare_asdiv),
     # Worked solutions span lines; stop at the end of the "#### N" line (or at eos).
-    "gsm8k": Checker("gsm8k", 256, (), r"####[^\n]*\d[^\n]*\n", _extract_gsm8k, _compare_gsm8k),
+    "gsm8k": Checker("gsm8k", 256, (), r"####[^\n]*\d[^\n]*\n", _extract_gsm8k, _compare_gsm8k, _extract_gsm8k),
     "arc_e": Checker("arc_e", 4, ("\n",), None, _extract_option, _compare_option),
 }
 TASKS = tuple(_CHECKERS)

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import re
+import statistics
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -233,6 +234,7 @@ class FileResult:
     generations: list[str] = field(default_factory=list, repr=False)
     answers: list[str] = field(default_factory=list, repr=False)
     flip: FlipResult | None = None
+    numeric_error: dict[str, Any] | None = None  # see absolute_error_summary; numeric tasks only
 
     def to_json(self) -> dict[str, Any]:
         """The summary and per-item correctness (paired tests need it); generations and answers
@@ -254,9 +256,29 @@ class FileResult:
             "checker": self.checker,
             "per_item": list(self.per_item),
         }
+        if self.numeric_error is not None:
+            out.update(self.numeric_error)
         if self.flip is not None:
             out["flip"] = self.flip.to_json()
         return out
+
+
+def absolute_error_summary(checker: Checker, answers: Sequence[str], targets: Sequence[str]) -> dict[str, Any] | None:
+    """A numeric task's per-item absolute errors (None where the answer holds no number), their mean
+    over the answers that hold one, and how many do; None when the task is not numeric.
+
+    ``median_answer_error`` is the mean absolute error of answering every item with the median
+    target: the numeric counterpart of the majority class (a model near it has learned nothing usable).
+    """
+    if not checker.numeric:
+        return None
+    errors = [checker.absolute_error(a, t) for a, t in zip(answers, targets, strict=True)]
+    known = [e for e in errors if e is not None]
+    values = [float(n) for t in targets if (n := checker.target_number(t))]
+    median = statistics.median(values) if values else None
+    return {"absolute_error": errors, "mean_absolute_error": sum(known) / len(known) if known else None,
+            "numeric_answers": len(known),
+            "median_answer_error": sum(abs(v - median) for v in values) / len(values) if values else None}
 
 
 def majority_baseline(records: Sequence[Record]) -> tuple[str, float]:
@@ -308,6 +330,7 @@ def evaluate_records(
         majority_label=majority_label, majority_accuracy=majority_accuracy, predictions_path=written,
         per_item=per_item, no_answer=sum(1 for a in answers if not a), checker=checker.to_json(),
         generations=generations, answers=answers,
+        numeric_error=absolute_error_summary(checker, answers, [r.target for r in records]),
     )
     logger.info("%s: accuracy %.1f%% [%.1f, %.1f] (n=%d), majority '%s' %.1f%%", source, 100 * result.accuracy,
                 100 * low, 100 * high, n, majority_label, 100 * majority_accuracy)

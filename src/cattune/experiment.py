@@ -253,6 +253,10 @@ class ExperimentRunner:
                 return res.to_json()
 
             results[split] = dict(self._cached(eval_dir / f"{split}.json", compute_eval))
+            if "absolute_error" not in results[split]:
+                # Evaluations cached before cattune measured numeric error: it follows from the
+                # predictions file, no model needed.
+                results[split].update(_numeric_error_from_predictions(results[split]["task"], predictions) or {})
             if cfg.flip and split in cfg.flip_splits:
                 module = _benchmark_module(cfg.flip)
                 kinds = {"flip": module.redraw_spurious}
@@ -396,6 +400,17 @@ def report_from_folder(folder: Path, out: Path | None = None) -> tuple[dict[str,
     return results, write_folder_report(results, path.parent, out)
 
 
+def _numeric_error_from_predictions(task: str, predictions: Path) -> dict[str, Any] | None:
+    from cattune.checkers import get_checker
+    from cattune.evaluate import absolute_error_summary
+
+    checker = get_checker(task)
+    if not checker.numeric or not predictions.exists():
+        return None
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    return absolute_error_summary(checker, [r["answer"] for r in rows], [r["target"] for r in rows])
+
+
 def _planned_steps(train: TrainConfig, train_file: Path) -> int:
     """Optimizer steps of one arm (for progress bars): max_steps, or epochs over the records."""
     if train.max_steps > 0:
@@ -454,6 +469,47 @@ def _seed_interval(summary: dict[str, float]) -> tuple[float, float]:
     return max(0.0, summary["ci_low"]), min(1.0, summary["ci_high"])
 
 
+def _numeric_error_entry(seeds: list[int], evals: list[dict[str, Any]], per_seed: dict[str, Any]) -> dict[str, Any]:
+    """Mean absolute error of one arm on one split (numeric tasks): the mean over seeds of each seed's
+    mean over the answers that hold a number, with its t interval (over items for a single seed)."""
+    from cattune.stats import seed_summary
+
+    maes = [e.get("mean_absolute_error") for e in evals]
+    if any(m is None for m in maes):
+        return {}
+    for s, m in zip(seeds, maes):
+        per_seed[str(s)]["mean_absolute_error"] = m
+    numeric = sum(e["numeric_answers"] for e in evals)
+    if len(seeds) == 1:
+        summ = seed_summary([x for x in evals[0]["absolute_error"] if x is not None])
+        method = "items"
+    else:
+        summ = seed_summary(maes)
+        method = "seeds"
+    low = None if summ["ci_low"] is None else max(0.0, summ["ci_low"])
+    return {"mean_absolute_error": summ["mean"], "mae_ci_low": low, "mae_ci_high": summ["ci_high"],
+            "median_answer_error": evals[0].get("median_answer_error"),
+            "mae_ci_method": method, "numeric_answers": numeric, "numeric_answer_share": numeric / sum(e["n"] for e in evals)}
+
+
+def _paired_numeric_error(seeds: list[int], base: list[dict[str, Any]], arm: list[dict[str, Any]]) -> dict[str, Any]:
+    """Arm minus baseline absolute error over the items where both answered with a number (pooled over
+    seeds; paired bootstrap), and across seeds when there are several."""
+    from cattune.stats import paired_bootstrap, paired_seed_test
+
+    if not all("absolute_error" in e for e in base + arm):
+        return {}
+    pairs = [(x, y) for b, a in zip(base, arm) for x, y in zip(b["absolute_error"], a["absolute_error"])
+             if x is not None and y is not None]
+    if not pairs:
+        return {}
+    out: dict[str, Any] = {"absolute_error_bootstrap": paired_bootstrap([x for x, _ in pairs], [y for _, y in pairs])}
+    maes_b, maes_a = [e.get("mean_absolute_error") for e in base], [e.get("mean_absolute_error") for e in arm]
+    if len(seeds) > 1 and None not in maes_b + maes_a:
+        out["absolute_error_seeds_paired"] = paired_seed_test(maes_b, maes_a)
+    return out
+
+
 def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, Any]]], splits: list[str],
               base: dict[str, Any], *, revision: str | None = None) -> dict[str, Any]:
     """Combine per-arm, per-seed evaluations into the results.json structure."""
@@ -497,6 +553,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                               f"{kind}_n": flips[0]["n"], **extra})
                 if all("by_token_change" in f for f in flips):
                     entry[f"{kind}_by_token_change"] = pool_token_changes([f["by_token_change"] for f in flips])
+            entry.update(_numeric_error_entry(seeds, evals, entry["per_seed"]))
             arm_splits[split] = entry
         first = by_seed[seeds[0]]
         train = first.get("_train", {})
@@ -539,6 +596,8 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                         entry[f"{kind}_mcnemar"] = mcnemar_exact(ka, kb)
                         if len(seeds) > 1:
                             entry[f"{kind}_seeds_paired"] = paired_seed_test([f["rate"] for f in fa], [f["rate"] for f in fb])
+                entry.update(_paired_numeric_error(seeds, [per_run["baseline"][s][split] for s in seeds],
+                                                   [per_run[arm][s][split] for s in seeds]))
                 key = split if arm == "cat" else f"{arm}:{split}"
                 paired[key] = entry
 

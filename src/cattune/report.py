@@ -536,6 +536,7 @@ def findings(results: dict) -> list[str]:
                         verdicts[measure].append(judged.verdict)
     out += _majority_sentences(results)
     out += _flip_sentences(results)
+    out += _numeric_error_sentences(results)
     out += _attention_sentences(results, verdicts)
     return out
 
@@ -915,6 +916,90 @@ def token_change_table(results: Mapping[str, Any], *, split: str = "test_ood", k
             "direction, and none where it did not, mean the answer follows the prompt's length, not the values.")
 
 
+def _bootstrap_p(boot: Mapping[str, Any]) -> str:
+    """"= p", or "< bound" when no resample fell on the far side of zero (the test's resolution)."""
+    if boot["p_value"] == 0:
+        return f"< {_p(2 / boot['n_resamples'])}"
+    return f"= {_p(boot['p_value'])}"
+
+
+def _error_interval(low: Any, high: Any) -> str:
+    return f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+
+
+def numeric_error_table(results: Mapping[str, Any]) -> str | None:
+    """Markdown table of each arm's mean absolute error per split (numeric tasks such as STG_H), with
+    the paired difference to the baseline; None when no split measured it."""
+    arms = _arms(results)
+    splits = [sp for sp in _splits(results)
+              if any((_split_stats(a, sp) or {}).get("mean_absolute_error") is not None for a in arms.values())]
+    if not splits:
+        return None
+    rows = []
+    for name, arm in arms.items():
+        row = [_arm_label(name)]
+        for split in splits:
+            st = _split_stats(arm, split) or {}
+            if st.get("mean_absolute_error") is None:
+                row.append("—")
+                continue
+            cell = f"{st['mean_absolute_error']:.2f}" + _error_interval(st.get("mae_ci_low"), st.get("mae_ci_high"))
+            if st.get("numeric_answer_share") is not None and st["numeric_answer_share"] < 1:
+                cell += f" ({_pct(st['numeric_answer_share'])}% with a number)"
+            row.append(cell)
+        rows.append(row)
+    medians = [next((st["median_answer_error"] for a in arms.values()
+                     if (st := _split_stats(a, sp) or {}).get("median_answer_error") is not None), None) for sp in splits]
+    if any(m is not None for m in medians):
+        rows.append(["median answer"] + ["—" if m is None else f"{m:.2f}" for m in medians])
+    for arm in _compared_arms(results):
+        row = [f"{_arm_label(arm)} - baseline"]
+        for split in splits:
+            boot = _paired(results, arm, split).get("absolute_error_bootstrap")
+            row.append("—" if not boot else f"{boot['mean_difference']:+.2f}"
+                       + _error_interval(boot["ci_low"], boot["ci_high"]) + f", p {_bootstrap_p(boot)}")
+        rows.append(row)
+    notes = ("Mean absolute error of the answer as a number (lower is better), over the answers that hold a "
+             "number; [95% interval: t over " + ("seeds" if len(_seeds(results)) > 1 else "items") + "]. "
+             "Median answer: the error of answering every item with the split's median target (a model near "
+             "it has learned nothing usable). "
+             "Arm - baseline: mean paired difference over the items where both answered with a number "
+             "(pooled over seeds) [95% paired bootstrap interval], bootstrap p.")
+    return _md_table(["arm"] + [f"{sp} abs. error" for sp in splits], rows) + "\n\n" + notes
+
+
+def _numeric_error_sentences(results: Mapping[str, Any]) -> list[str]:
+    out = []
+    arms = _arms(results)
+    for name, arm in arms.items():
+        for split in _splits(results):
+            st = _split_stats(arm, split) or {}
+            mae, median = st.get("mean_absolute_error"), st.get("median_answer_error")
+            if mae is None or median is None:
+                continue
+            high = mae if st.get("mae_ci_high") is None else st["mae_ci_high"]
+            if high >= median:
+                out.append(f"{_arm_label(name)}'s mean absolute error on {split} ({mae:.2f}) is not clearly below "
+                           f"that of answering every item with the median target ({median:.2f}).")
+    for arm in _compared_arms(results):
+        for split in _splits(results):
+            boot = _paired(results, arm, split).get("absolute_error_bootstrap")
+            base, other = _split_stats(arms[BASELINE], split) or {}, _split_stats(arms[arm], split) or {}
+            if not boot or base.get("mean_absolute_error") is None or other.get("mean_absolute_error") is None:
+                continue
+            significant = boot["p_value"] < ALPHA and boot["mean_difference"] != 0
+            verdict = ("not significantly different" if not significant
+                       else "better" if boot["mean_difference"] < 0 else "worse")
+            basis = f"paired bootstrap p {_bootstrap_p(boot)}; {boot['n']} items where both answered with a number"
+            if seed_test := _paired(results, arm, split).get("absolute_error_seeds_paired"):
+                basis += f"; per seed ({seed_test['n']} pairs of runs): paired t p = {_p(seed_test['t_test_p_value'])}"
+            out.append(f"{_arm_label(arm)} vs baseline mean absolute error on {split}: "
+                       f"{other['mean_absolute_error']:.2f} vs {base['mean_absolute_error']:.2f} (difference "
+                       f"{boot['mean_difference']:+.2f}{_error_interval(boot['ci_low'], boot['ci_high'])}; {basis}): "
+                       f"{_arm_label(arm)} is {verdict}.")
+    return out
+
+
 def plot_grid_summary(grid_rows: list[dict], path: str | os.PathLike[str]) -> Path:
     """Per arm: IID and OOD accuracy, and flip rate where measured, as means with ± sd across seeds."""
     if not grid_rows:
@@ -1142,6 +1227,8 @@ def write_report(results: dict, out_dir: str | Path, *, metrics: dict[str, list[
             parts += ["## Grid", grid_table(rows)]
             written["grid"] = plot_grid_summary(rows, out / "grid.png")
             images.append(("IID/OOD accuracy and flip rate per arm, mean ± sd across seeds", "grid.png"))
+    if numeric_error := numeric_error_table(results):
+        parts += ["## Numeric error", numeric_error]
     if by_length := token_change_table(results):
         parts += ["## Flips by change in token count", by_length]
     if per_seed := _per_seed_table(results):

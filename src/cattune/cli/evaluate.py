@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path} ({r.task}, n={r.n}): accuracy {_pct(r.accuracy)}% [{_pct(r.ci_low)}, {_pct(r.ci_high)}]; "
               f"majority '{r.majority_label}' {_pct(r.majority_accuracy)}%"
               + (f"; {r.no_answer} without an answer" if r.no_answer else ""))
+        if r.numeric_error and r.numeric_error["mean_absolute_error"] is not None:
+            print(f"  mean absolute error {r.numeric_error['mean_absolute_error']:.2f} "
+                  f"over the {r.numeric_error['numeric_answers']} answers that hold a number")
         if r.flip is not None:
             f = r.flip
             redraw = "spurious values redrawn" + (" keeping their printed lengths" if args.same_length else "")
