@@ -328,3 +328,33 @@ def test_numeric_error_of_a_cached_evaluation_comes_from_its_predictions(tmp_pat
                       "median_answer_error": pytest.approx(22 / 3)}
     assert _numeric_error_from_predictions("stg", predictions) is None
     assert _numeric_error_from_predictions("stg_h", tmp_path / "missing.jsonl") is None
+
+
+def test_arms_are_compared_with_the_named_reference_arm():
+    from cattune.config import ConfigError
+    from cattune.experiment import aggregate
+    from cattune.experiment_config import ExperimentConfig
+    from cattune.report import comparison_table, findings
+
+    def stg_eval(correct):
+        return {"n": len(correct), "accuracy": sum(correct) / len(correct), "ci_low": 0.0, "ci_high": 1.0,
+                "majority_accuracy": 0.5, "majority_label": "Low Risk", "task": "stg", "per_item": correct}
+
+    per_run = {"baseline": {1: {"test_ood": stg_eval([True] * 8)}},
+               "plain-lr2": {1: {"test_ood": stg_eval([False] * 6 + [True] * 2)}},
+               "cat": {1: {"test_ood": stg_eval([True] * 7 + [False])}}}
+    arms = {"baseline": {"attn_weight": 0.0}, "plain-lr2": {"attn_weight": 0.0, "lr": 2e-3}, "cat": {}}
+    config = ExperimentConfig(train_file="t.jsonl", test_files={"test_ood": "o.jsonl"}, seeds=[1], arms=arms,
+                              reference="plain-lr2")
+    results = aggregate(config, per_run, ["test_ood"], {})
+    assert results["reference"] == "plain-lr2"
+    assert set(results["paired"]) == {"test_ood", "baseline:test_ood"}  # CAT and baseline, each minus plain-lr2
+    assert results["paired"]["test_ood"]["accuracy_difference"] == pytest.approx(7 / 8 - 2 / 8)
+    assert results["paired"]["test_ood"]["mcnemar"]["b01"] == 6  # items only CAT got right
+    table = comparison_table(results)
+    assert "| CAT - plain-lr2 | +62.5" in table and "| baseline - plain-lr2 |" in table
+    assert table.index("| plain-lr2 |") < table.index("| CAT |")  # the reference is listed first
+    sentence = next(s for s in findings(results) if s.startswith("CAT vs plain-lr2 on test_ood"))
+    assert "6 items only CAT answered correctly, 1 only plain-lr2" in sentence and sentence.endswith("CAT is not significantly different.")  # 8 items: p = 0.125
+    with pytest.raises(ConfigError, match="reference 'plain' is not an arm"):
+        ExperimentConfig(train_file="t.jsonl", test_files={"test_ood": "o.jsonl"}, arms=arms, reference="plain").validate()

@@ -567,12 +567,12 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
         }
 
     paired: dict[str, Any] = {}
-    if "baseline" in per_run:
+    if (ref := config.reference) in per_run:
         for arm in per_run:
-            if arm == "baseline":
+            if arm == ref:
                 continue
             for split in splits:
-                a = [x for s in seeds for x in per_run["baseline"][s][split]["per_item"]]
+                a = [x for s in seeds for x in per_run[ref][s][split]["per_item"]]
                 b = [x for s in seeds for x in per_run[arm][s][split]["per_item"]]
                 entry = {
                     "mcnemar": mcnemar_exact(a, b),
@@ -584,10 +584,10 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                     # Pooled McNemar treats items of different seeds as independent pairs; this test
                     # has one pair per seed, so it also covers seed-to-seed variation.
                     entry["seeds_paired"] = paired_seed_test(
-                        [per_run["baseline"][s][split]["accuracy"] for s in seeds],
+                        [per_run[ref][s][split]["accuracy"] for s in seeds],
                         [per_run[arm][s][split]["accuracy"] for s in seeds])
                 for kind in FLIP_KINDS:
-                    fa = [per_run["baseline"][s][split].get(kind) for s in seeds]
+                    fa = [per_run[ref][s][split].get(kind) for s in seeds]
                     fb = [per_run[arm][s][split].get(kind) for s in seeds]
                     if all(fa) and all(fb):
                         # A flip is a failure of invariance: compare "did not flip" per item like accuracy.
@@ -596,7 +596,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
                         entry[f"{kind}_mcnemar"] = mcnemar_exact(ka, kb)
                         if len(seeds) > 1:
                             entry[f"{kind}_seeds_paired"] = paired_seed_test([f["rate"] for f in fa], [f["rate"] for f in fb])
-                entry.update(_paired_numeric_error(seeds, [per_run["baseline"][s][split] for s in seeds],
+                entry.update(_paired_numeric_error(seeds, [per_run[ref][s][split] for s in seeds],
                                                    [per_run[arm][s][split] for s in seeds]))
                 key = split if arm == "cat" else f"{arm}:{split}"
                 paired[key] = entry
@@ -610,6 +610,7 @@ def aggregate(config: ExperimentConfig, per_run: dict[str, dict[int, dict[str, A
         "seeds": seeds,
         "splits": splits,
         "arms": arms,
+        "reference": config.reference,
         "base_model": base or None,
         "paired": paired,
         "pooling": "paired tests pool items across seeds" if len(seeds) > 1 else "single seed",

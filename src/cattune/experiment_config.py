@@ -42,6 +42,9 @@ class ExperimentConfig:
     flip_same_length: bool = False
     seeds: list[int] = field(default_factory=lambda: [42])
     arms: dict[str, dict[str, Any]] = field(default_factory=_default_arms)
+    # The arm every other arm is compared with (paired tests, the report's differences); name
+    # another arm to compare variants with it, e.g. plain fine-tuning at another learning rate.
+    reference: str = "baseline"
     train: TrainConfig = field(default_factory=TrainConfig)
     # Train up to this many arms at once, each in its own process (on a CPU, set train.num_threads
     # so that parallel_arms x num_threads is the number of cores).
@@ -62,3 +65,6 @@ class ExperimentConfig:
         for arm in self.arms:
             if not arm.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(f"arm name '{arm}' must be letters, digits, '-' or '_' (it names a folder)")
+        if self.reference != "baseline" and self.reference not in self.arms:
+            raise ConfigError(f"reference '{self.reference}' is not an arm of this config; "
+                              f"name one of {', '.join(self.arms)}")

@@ -6,8 +6,9 @@ majority-class baseline of each split, the paired test of each arm (CAT first) a
 baseline, and the flip rate (share of answers that change when only the spurious values change;
 lower is better). Attention shares are reported as a diagnostic only: behaviour is the measure.
 
-The paired block is keyed by split for CAT and by ``"<arm>:<split>"`` for any other arm, always
-that arm minus the baseline; in ``mcnemar`` (``cattune.stats.mcnemar_exact``), ``b01`` counts
+The baseline is the results' ``reference`` arm ("baseline" unless the experiment config names
+another). The paired block is keyed by split for CAT and by ``"<arm>:<split>"`` for any other arm,
+always that arm minus the baseline; in ``mcnemar`` (``cattune.stats.mcnemar_exact``), ``b01`` counts
 items only the arm got right and ``b10`` items only the baseline got right (checked against the
 sign of the difference before being named).
 
@@ -76,11 +77,20 @@ answer from the causes instead of the shortcut, and behaviour answers it:
 # Reading the results dict
 
 
-def _arm_order(names: Iterable[str]) -> list[str]:
-    """Baseline first, CAT second, then any other arms in their recorded order."""
+def _arm_order(names: Iterable[str], reference: str = BASELINE) -> list[str]:
+    """The reference arm (the baseline) first, CAT second, then any other arms in their recorded order."""
     names = list(names)
-    first = [n for n in (BASELINE, CAT) if n in names]
+    first = list(dict.fromkeys(n for n in (reference, CAT) if n in names))
     return first + [n for n in names if n not in first]
+
+
+def _reference(results: Mapping[str, Any]) -> str:
+    """The arm every other arm is compared with (config ``reference``; "baseline" unless set)."""
+    return results.get("reference") or BASELINE
+
+
+def _the(reference: str) -> str:
+    return "the baseline" if reference == BASELINE else reference
 
 
 def _arm_label(arm: str) -> str:
@@ -96,7 +106,7 @@ def _arm_color(arm: str, arms: Sequence[str]) -> str:
 
 def _arms(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     arms = results.get("arms") or {}
-    return {name: arms[name] for name in _arm_order(arms)}
+    return {name: arms[name] for name in _arm_order(arms, _reference(results))}
 
 
 def _splits(results: Mapping[str, Any]) -> list[str]:
@@ -125,9 +135,9 @@ def _majority(results: Mapping[str, Any], split: str) -> float | None:
 
 
 def _compared_arms(results: Mapping[str, Any]) -> list[str]:
-    """Arms compared with the baseline (CAT first); none without a baseline."""
-    arms = _arms(results)
-    return [a for a in arms if a != BASELINE] if BASELINE in arms else []
+    """Arms compared with the reference arm (CAT first); none without it."""
+    arms, ref = _arms(results), _reference(results)
+    return [a for a in arms if a != ref] if ref in arms else []
 
 
 def _paired(results: Mapping[str, Any], arm: str, split: str) -> Mapping[str, Any]:
@@ -192,7 +202,7 @@ class Comparison:
     basis: str  # how the verdict was reached, for the sentence
 
 
-def _discordant_text(mcnemar: Mapping[str, Any], difference: float, arm: str) -> str:
+def _discordant_text(mcnemar: Mapping[str, Any], difference: float, arm: str, reference: str = BASELINE) -> str:
     b01, b10 = mcnemar.get("b01"), mcnemar.get("b10")
     if b01 is None or b10 is None:
         return ""
@@ -202,7 +212,7 @@ def _discordant_text(mcnemar: Mapping[str, Any], difference: float, arm: str) ->
         logger.warning("McNemar counts b01=%s b10=%s disagree with the difference %+.4f; not naming them",
                        b01, b10, difference)
         return ""
-    return f"; {b01} items only {_arm_label(arm)} answered correctly, {b10} only the baseline"
+    return f"; {b01} items only {_arm_label(arm)} answered correctly, {b10} only {_the(reference)}"
 
 
 def compare_arms(results: Mapping[str, Any], split: str, measure: str = "accuracy",
@@ -213,10 +223,10 @@ def compare_arms(results: Mapping[str, Any], split: str, measure: str = "accurac
     The verdict uses, in order: the exact McNemar p-value; the interval of the paired difference;
     the two arms' own intervals (non-overlap is a conservative test). Significance is p < ALPHA.
     """
-    arms = _arms(results)
-    if BASELINE not in arms or arm not in arms or arm == BASELINE:
+    arms, ref = _arms(results), _reference(results)
+    if ref not in arms or arm not in arms or arm == ref:
         return None
-    base, cat = _split_stats(arms[BASELINE], split), _split_stats(arms[arm], split)
+    base, cat = _split_stats(arms[ref], split), _split_stats(arms[arm], split)
     if not base or not cat or base.get(measure) is None or cat.get(measure) is None:
         return None
     higher_is_better = measure == "accuracy"
@@ -237,7 +247,7 @@ def compare_arms(results: Mapping[str, Any], split: str, measure: str = "accurac
         significant = p < ALPHA
         basis = f"exact McNemar p = {_p(p)}"
         if measure == "accuracy":
-            basis += _discordant_text(mcnemar, difference, arm)
+            basis += _discordant_text(mcnemar, difference, arm, ref)
     elif ci is not None:
         significant = ci[0] > 0 or ci[1] < 0
         basis = "the paired interval " + ("excludes" if significant else "includes") + " 0; no McNemar test recorded"
@@ -276,12 +286,12 @@ def _table_notes(results: Mapping[str, Any]) -> list[str]:
         notes.append("Flip: share of answers that change when only the spurious values change (lower is better).")
     if _compared_arms(results):
         if results.get("paired"):
-            notes.append("Arm - baseline: difference in points [95% interval of the paired difference], "
+            notes.append(f"Arm - {_reference(results)}: difference in points [95% interval of the paired difference], "
                          "exact McNemar p.")
             if results.get("pooling"):
                 notes.append(f"Paired tests: {results['pooling']}.")
         else:
-            notes.append("Arm - baseline: difference in points; no paired test was recorded.")
+            notes.append(f"Arm - {_reference(results)}: difference in points; no paired test was recorded.")
     return notes
 
 
@@ -329,7 +339,7 @@ def comparison_table(results: dict) -> str:
     rows.append(majority)
 
     for arm in _compared_arms(results):
-        paired_row = [f"{_arm_label(arm)} - baseline"]
+        paired_row = [f"{_arm_label(arm)} - {_reference(results)}"]
         for split, measure in columns:
             comparison = compare_arms(results, split, measure, arm)
             if comparison is None:
@@ -361,8 +371,8 @@ def _seed_sentence(results: Mapping[str, Any]) -> str | None:
 
 
 def _accuracy_sentence(results: Mapping[str, Any], split: str, arm: str, c: Comparison) -> str:
-    arms = _arms(results)
-    base, other = _split_stats(arms[BASELINE], split), _split_stats(arms[arm], split)
+    arms, ref = _arms(results), _reference(results)
+    base, other = _split_stats(arms[ref], split), _split_stats(arms[arm], split)
     assert base and other  # compare_arms returned a comparison, so both exist
     detail = f"difference {100 * c.difference:+.1f} points"
     if c.ci is not None:
@@ -378,7 +388,7 @@ def _accuracy_sentence(results: Mapping[str, Any], split: str, arm: str, c: Comp
         detail += (f"; per seed ({seed_test['n']} pairs of runs): mean difference "
                    f"{100 * seed_test['mean_difference']:+.1f} points, paired t p = {_p(seed_test['t_test_p_value'])}")
     label = _arm_label(arm)
-    head = f"{label} vs baseline on {split}: {_pct(other['accuracy'])}% vs {_pct(base['accuracy'])}% ({detail})"
+    head = f"{label} vs {ref} on {split}: {_pct(other['accuracy'])}% vs {_pct(base['accuracy'])}% ({detail})"
     if c.verdict == "undetermined":
         return head + ": no claim can be made."
     return head + f": {label} is {c.verdict}."
@@ -425,7 +435,8 @@ def _flip_sentences(results: Mapping[str, Any]) -> list[str]:
             c = compare_arms(results, split, "flip_rate", arm)
             if c is None:
                 continue
-            head = f"{_arm_label(arm)} vs baseline flip rate on {split}: difference {100 * c.difference:+.1f} points"
+            head = (f"{_arm_label(arm)} vs {_reference(results)} flip rate on {split}: "
+                    f"difference {100 * c.difference:+.1f} points")
             if c.verdict == "undetermined":
                 out.append(f"{head} (no test recorded): no claim can be made.")
             else:
@@ -470,10 +481,11 @@ def _causal_ratio(block: Mapping[str, Any] | None) -> float | None:
 
 def _attention_sentences(results: Mapping[str, Any], verdicts: Mapping[str, list[str]]) -> list[str]:
     arms = _arms(results)
-    base = _attention(arms.get(BASELINE))
+    ref = _reference(results)
+    base = _attention(arms.get(ref))
     cat = _attention(arms.get(CAT))
     before = _attention(results.get("base_model"))
-    if not (base and cat):
+    if not (base and cat) or ref == CAT:
         return []
     out = []
     phrases = []
@@ -485,7 +497,7 @@ def _attention_sentences(results: Mapping[str, Any], verdicts: Mapping[str, list
         phrases.append(f"{verb} the share of attention on {label} from {_share(b)} to {_share(c)}")
     if not phrases:
         return []
-    sentence = "Compared with the baseline, CAT " + ", and ".join(phrases)
+    sentence = f"Compared with {_the(ref)}, CAT " + ", and ".join(phrases)
     if before is not None:
         known = [f"{k} {_share(float(before[k]))}" for k in ("cause", "spurious") if before.get(k) is not None]
         sentence += f" (the model before training: {', '.join(known)})"
@@ -499,7 +511,7 @@ def _attention_sentences(results: Mapping[str, Any], verdicts: Mapping[str, list
     judged = verdicts["accuracy"] + verdicts["flip_rate"]
     if moved and judged and "better" not in judged:
         out.append("Attention moved towards the causes, but behaviour did not follow: CAT is not better "
-                   "than the baseline on any OOD accuracy or flip rate measured.")
+                   f"than {_the(ref)} on any OOD accuracy or flip rate measured.")
     elif moved and "better" in judged and "worse" in judged:
         out.append("Attention moved towards the causes, and behaviour is mixed: CAT is better on some "
                    "measures and worse on others.")
@@ -519,8 +531,9 @@ def findings(results: dict) -> list[str]:
         out.append("No arm was run.")
     elif len(arms) == 1:
         out.append(f"Only the {_arm_label(next(iter(arms)))} arm was run: no comparison is made.")
-    elif BASELINE not in arms:
-        out.append(f"No baseline arm among {', '.join(_arm_label(a) for a in arms)}: no comparison is made.")
+    elif (ref := _reference(results)) not in arms:
+        missing = "No baseline arm" if ref == BASELINE else f"The reference arm {ref} is not"
+        out.append(f"{missing} among {', '.join(_arm_label(a) for a in arms)}: no comparison is made.")
     # CAT's verdicts on the OOD splits (all splits when none is named OOD) feed the attention caveat.
     ood = [s for s in _splits(results) if _is_ood(s)] or _splits(results)
     verdicts: dict[str, list[str]] = {"accuracy": [], "flip_rate": []}
@@ -833,7 +846,7 @@ def grid_rows(results: Mapping[str, Any], *, iid: str = "test_iid", ood: str = "
             values = [float(v[measure]) for v in per_seed if v.get(measure) is not None]
             row[f"{key}_mean"] = float(np.mean(values)) if values else None
             row[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
-        if name != BASELINE and BASELINE in _arms(results):
+        if name != _reference(results) and _reference(results) in _arms(results):
             paired = _paired(results, name, ood)
             row["ood_p"] = (paired.get("mcnemar") or {}).get("p_value")
             row["flip_p"] = (paired.get("flip_mcnemar") or {}).get("p_value")
@@ -847,16 +860,16 @@ def grid_rows(results: Mapping[str, Any], *, iid: str = "test_iid", ood: str = "
     return rows
 
 
-def grid_table(grid_rows: list[dict]) -> str:
+def grid_table(grid_rows: list[dict], reference: str = BASELINE) -> str:
     """Markdown table of a multi-variant grid: per arm the mean ± sd across seeds of IID accuracy,
     OOD accuracy and flip rate; where the rows carry them, the paired p-values against the
-    baseline and the attention shares."""
+    reference arm and the attention shares."""
     if not grid_rows:
         raise ValueError("no grid rows to tabulate")
     header = ["arm", "seeds", "IID acc %", "OOD acc %", "flip %"]
     extras = [(key, title, fmt) for key, title, fmt in (
         ("flip_same_mean", "flip % (same length)", None),
-        ("ood_p", "OOD p vs baseline", _p), ("flip_p", "flip p vs baseline", _p),
+        ("ood_p", f"OOD p vs {reference}", _p), ("flip_p", f"flip p vs {reference}", _p),
         ("flip_same_p", "same-length flip p", _p),
         ("share_cause", "share cause", _share), ("share_spurious", "share spurious", _share),
         ("causal_ratio", "causal ratio", lambda v: f"{v:.2f}"),
@@ -874,7 +887,7 @@ def grid_table(grid_rows: list[dict]) -> str:
         notes += (" Same length: the spurious values redrawn keeping each one's number of characters, so every"
                   " token keeps its position.")
     if any(key in ("ood_p", "flip_p") for key, _, _ in extras):
-        notes += " p: exact McNemar, arm vs baseline, items pooled over seeds."
+        notes += f" p: exact McNemar, arm vs {reference}, items pooled over seeds."
     if any(key.startswith("share") or key == "causal_ratio" for key, _, _ in extras):
         notes += " Attention: answer rows, mean over layers and heads, first seed (a diagnostic)."
     if any(key.startswith("path") for key, _, _ in extras):
@@ -953,7 +966,7 @@ def numeric_error_table(results: Mapping[str, Any]) -> str | None:
     if any(m is not None for m in medians):
         rows.append(["median answer"] + ["—" if m is None else f"{m:.2f}" for m in medians])
     for arm in _compared_arms(results):
-        row = [f"{_arm_label(arm)} - baseline"]
+        row = [f"{_arm_label(arm)} - {_reference(results)}"]
         for split in splits:
             boot = _paired(results, arm, split).get("absolute_error_bootstrap")
             row.append("—" if not boot else f"{boot['mean_difference']:+.2f}"
@@ -963,7 +976,7 @@ def numeric_error_table(results: Mapping[str, Any]) -> str | None:
              "number; [95% interval: t over " + ("seeds" if len(_seeds(results)) > 1 else "items") + "]. "
              "Median answer: the error of answering every item with the split's median target (a model near "
              "it has learned nothing usable). "
-             "Arm - baseline: mean paired difference over the items where both answered with a number "
+             f"Arm - {_reference(results)}: mean paired difference over the items where both answered with a number "
              "(pooled over seeds) [95% paired bootstrap interval], bootstrap p.")
     return _md_table(["arm"] + [f"{sp} abs. error" for sp in splits], rows) + "\n\n" + notes
 
@@ -984,7 +997,7 @@ def _numeric_error_sentences(results: Mapping[str, Any]) -> list[str]:
     for arm in _compared_arms(results):
         for split in _splits(results):
             boot = _paired(results, arm, split).get("absolute_error_bootstrap")
-            base, other = _split_stats(arms[BASELINE], split) or {}, _split_stats(arms[arm], split) or {}
+            base, other = _split_stats(arms[_reference(results)], split) or {}, _split_stats(arms[arm], split) or {}
             if not boot or base.get("mean_absolute_error") is None or other.get("mean_absolute_error") is None:
                 continue
             significant = boot["p_value"] < ALPHA and boot["mean_difference"] != 0
@@ -993,7 +1006,7 @@ def _numeric_error_sentences(results: Mapping[str, Any]) -> list[str]:
             basis = f"paired bootstrap p {_bootstrap_p(boot)}; {boot['n']} items where both answered with a number"
             if seed_test := _paired(results, arm, split).get("absolute_error_seeds_paired"):
                 basis += f"; per seed ({seed_test['n']} pairs of runs): paired t p = {_p(seed_test['t_test_p_value'])}"
-            out.append(f"{_arm_label(arm)} vs baseline mean absolute error on {split}: "
+            out.append(f"{_arm_label(arm)} vs {_reference(results)} mean absolute error on {split}: "
                        f"{other['mean_absolute_error']:.2f} vs {base['mean_absolute_error']:.2f} (difference "
                        f"{boot['mean_difference']:+.2f}{_error_interval(boot['ci_low'], boot['ci_high'])}; {basis}): "
                        f"{_arm_label(arm)} is {verdict}.")
@@ -1224,7 +1237,7 @@ def write_report(results: dict, out_dir: str | Path, *, metrics: dict[str, list[
     if len(_arms(results)) > 2 or len(_seeds(results)) > 1:
         rows = grid_rows(results)
         if any(r.get("ood_mean") is not None for r in rows):
-            parts += ["## Grid", grid_table(rows)]
+            parts += ["## Grid", grid_table(rows, _reference(results))]
             written["grid"] = plot_grid_summary(rows, out / "grid.png")
             images.append(("IID/OOD accuracy and flip rate per arm, mean ± sd across seeds", "grid.png"))
     if numeric_error := numeric_error_table(results):

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(runs/<name>/ by default). Re-running the same command resumes an interrupted "
             "experiment without redoing finished steps."
         ),
-        epilog="Override any key with key=value, e.g. seeds=[1,2,3] train.max_steps=20 eval_limit=50.",
+        epilog=("Override any key with key=value, e.g. seeds=[1,2,3] train.max_steps=20 eval_limit=50. "
+                "Every arm is compared with the arm named baseline; reference=ARM compares them with another "
+                "(e.g. --arms baseline-lr2,cat reference=baseline-lr2)."),
     )
     p.add_argument("--config", required=True, help="experiment YAML (see configs/experiment_*.yaml)")
     p.add_argument("--arms", default=None, metavar="NAME,...",
