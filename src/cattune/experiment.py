@@ -493,7 +493,7 @@ def _numeric_error_entry(seeds: list[int], evals: list[dict[str, Any]], per_seed
 
 
 def _paired_numeric_error(seeds: list[int], base: list[dict[str, Any]], arm: list[dict[str, Any]]) -> dict[str, Any]:
-    """Arm minus baseline absolute error over the items where both answered with a number (pooled over
+    """Arm minus reference absolute error over the items where both answered with a number (pooled over
     seeds; paired bootstrap), and across seeds when there are several."""
     from cattune.stats import paired_bootstrap, paired_seed_test
 
