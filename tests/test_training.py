@@ -78,6 +78,20 @@ def test_lora_run_saves_adapter(tiny_dir, stg_file, tmp_path):
     assert (result.model_dir / "adapter_config.json").exists()
 
 
+def test_the_seed_fixes_the_lora_initialisation(tiny_dir, stg_file, tmp_path):
+    # The adapter's A matrices are drawn when PEFT wraps the model, before the Trainer seeds
+    # anything: unless the seed is set first, two runs with one seed start from different adapters.
+    def adapter(name, seed):
+        torch.manual_seed(1000 + len(name))  # whatever state the caller left behind
+        result = train(_cfg(tiny_dir, stg_file, tmp_path / name, max_steps=1, lora=True, lora_r=4, seed=seed))
+        return load_file(str(result.model_dir / "adapter_model.safetensors"))
+
+    first, again, other = adapter("a", 7), adapter("bb", 7), adapter("ccc", 8)
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
 def test_records_without_rows_train_on_lm_loss(tiny_dir, tmp_path):
     path = write_records(tmp_path / "t.jsonl", [
         {"input": "Smoking: 8, Weight: 4 Answer: ", "target": "High Risk", "important": [{"High Risk": ["Smoking: 8"]}]},

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from cattune import __version__
 from cattune.augment import PerEpochExamples, SelectEpoch, counterfactual_records, epochs_needed
@@ -211,6 +211,9 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
         callbacks.append(SelectEpoch(train_dataset))
         logger.info("counterfactual augmentation (%s): %d redrawn copies of %d records, one per epoch",
                     config.augment, n_copies, len(records))
+    # The Trainer seeds only when it starts; the LoRA matrices (and any freshly initialised weights)
+    # are drawn before that, so seed here or one seed gives a different run every time.
+    set_seed(config.seed)
     if model is None:
         model = load_model(config.model)
     if config.gradient_checkpointing:
