@@ -32,7 +32,9 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cattune.data import shifts
 from cattune.data.records import Relation
+from cattune.data.shifts import ANTICORRELATED, CORRELATED, EXTRA_SHIFTS, IN_RANGE, INDEPENDENT
 from cattune.data.tables import TableField, parse_table, redraw_same_length, replace_values
 
 NAME = "stg"
@@ -58,9 +60,6 @@ HIGH_RISK_THRESHOLD = 7.2
 MIDDLE_RISK_SCORE = 2.7
 
 # How the spurious values relate to the causes in each kind of split.
-CORRELATED, INDEPENDENT, ANTICORRELATED, IN_RANGE = "correlated", "independent", "anticorrelated", "in_range"
-EXTRA_SHIFTS: tuple[str, ...] = (ANTICORRELATED, IN_RANGE)
-BASE_SPLITS: dict[str, str] = {"train": CORRELATED, "test_iid": CORRELATED, "test_ood": INDEPENDENT}
 
 
 def risk_score(smoking: int, weight: int, exercise: int) -> float:
@@ -129,14 +128,6 @@ def generate_split(rng: random.Random, size: int, relation: str, *, middle_risk:
     return records
 
 
-def split_relations(extra_shifts: Sequence[str] = EXTRA_SHIFTS) -> dict[str, str]:
-    """Split name -> spurious relation, for the base splits and the requested extra shifts."""
-    unknown = [s for s in extra_shifts if s not in EXTRA_SHIFTS]
-    if unknown:
-        raise ValueError(f"unknown shift(s) {', '.join(unknown)}; known: {', '.join(EXTRA_SHIFTS)}")
-    return {**BASE_SPLITS, **{f"test_ood_{shift}": shift for shift in extra_shifts}}
-
-
 def generate_splits(
     seed: int,
     train_size: int,
@@ -150,14 +141,14 @@ def generate_splits(
     Each split draws from its own random stream seeded by ``(seed, split name)``, so asking for
     fewer shifts or another test size leaves the other splits unchanged.
     """
-    if train_size < 0 or test_size < 0:
-        raise ValueError("sizes must be non-negative")
-    splits = {}
-    for split, relation in split_relations(extra_shifts).items():
-        size = train_size if split == "train" else test_size
-        rng = random.Random(f"{NAME}:{seed}:{split}")
-        splits[split] = generate_split(rng, size, relation, middle_risk=middle_risk)
-    return splits
+    return shifts.generate_splits(
+        NAME,
+        lambda rng, size, relation: generate_split(rng, size, relation, middle_risk=middle_risk),
+        seed,
+        train_size,
+        test_size,
+        extra_shifts,
+    )
 
 
 def _fields(text: str) -> dict[str, TableField]:

@@ -32,7 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cattune.data import shifts
 from cattune.data.records import Relation
+from cattune.data.shifts import ANTICORRELATED, CORRELATED, EXTRA_SHIFTS, IN_RANGE, INDEPENDENT
 from cattune.data.tables import TableField, parse_table, redraw_same_length, replace_values
 
 NAME = "stg-h"
@@ -84,10 +86,6 @@ IRRELEVANT: tuple[str, ...] = ("City Anniversary", "Average Internet Speed", "Nu
 VARIABLES: tuple[str, ...] = CAUSES + SPURIOUS + IRRELEVANT
 
 SCORE_CLIP = (-20.0, 30.0)
-
-CORRELATED, INDEPENDENT, ANTICORRELATED, IN_RANGE = "correlated", "independent", "anticorrelated", "in_range"
-EXTRA_SHIFTS: tuple[str, ...] = (ANTICORRELATED, IN_RANGE)
-BASE_SPLITS: dict[str, str] = {"train": CORRELATED, "test_iid": CORRELATED, "test_ood": INDEPENDENT}
 
 
 def _format_decimal(value: float, unit: str = "") -> str:
@@ -190,14 +188,6 @@ def generate_split(rng: random.Random, size: int, relation: str, *, label_from_p
     return records
 
 
-def split_relations(extra_shifts: Sequence[str] = EXTRA_SHIFTS) -> dict[str, str]:
-    """Split name -> spurious relation, for the base splits and the requested extra shifts."""
-    unknown = [s for s in extra_shifts if s not in EXTRA_SHIFTS]
-    if unknown:
-        raise ValueError(f"unknown shift(s) {', '.join(unknown)}; known: {', '.join(EXTRA_SHIFTS)}")
-    return {**BASE_SPLITS, **{f"test_ood_{shift}": shift for shift in extra_shifts}}
-
-
 def generate_splits(
     seed: int,
     train_size: int,
@@ -208,14 +198,14 @@ def generate_splits(
 ) -> dict[str, list[dict[str, Any]]]:
     """The training pool, the IID and OOD tests, and one test per extra shift (each split from
     its own random stream seeded by ``(seed, split name)``)."""
-    if train_size < 0 or test_size < 0:
-        raise ValueError("sizes must be non-negative")
-    splits = {}
-    for split, relation in split_relations(extra_shifts).items():
-        size = train_size if split == "train" else test_size
-        rng = random.Random(f"{NAME}:{seed}:{split}")
-        splits[split] = generate_split(rng, size, relation, label_from_printed=label_from_printed)
-    return splits
+    return shifts.generate_splits(
+        NAME,
+        lambda rng, size, relation: generate_split(rng, size, relation, label_from_printed=label_from_printed),
+        seed,
+        train_size,
+        test_size,
+        extra_shifts,
+    )
 
 
 def _fields(text: str) -> dict[str, TableField]:
