@@ -11,7 +11,7 @@ One concept per module:
 - ``results``: reading the results dict (arms, splits, seeds, paired tests, attention blocks)
 - ``format``: arm names, percentages, p-values, intervals, cells and Markdown tables
 - ``comparison``: each arm against the baseline (:func:`compare_arms`) and the comparison table
-- ``findings``: the sentences computed from the numbers
+- ``sentences``: the findings, sentences computed from the numbers
 - ``grid``: the rows and table of a multi-variant grid
 - ``tables``: the further tables (numeric error, flips by token change, attention, per seed, losses)
 - ``plots``: the PNG plots
@@ -20,7 +20,7 @@ One concept per module:
 
 from cattune.report.comparison import ALPHA, Comparison, compare_arms, comparison_table
 from cattune.report.document import write_report
-from cattune.report.findings import findings
+from cattune.report.sentences import findings
 from cattune.report.grid import grid_rows, grid_table
 from cattune.report.plots import (
     plot_accuracy,

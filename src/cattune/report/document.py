@@ -10,7 +10,7 @@ from typing import Any
 
 from cattune.files import atomic_write_text
 from cattune.report.comparison import comparison_table
-from cattune.report.findings import findings
+from cattune.report.sentences import findings
 from cattune.report.format import _arm_label, _md_table
 from cattune.report.grid import grid_rows, grid_table
 from cattune.report.plots import (
