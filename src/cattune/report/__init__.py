@@ -20,7 +20,6 @@ One concept per module:
 
 from cattune.report.comparison import ALPHA, Comparison, compare_arms, comparison_table
 from cattune.report.document import write_report
-from cattune.report.sentences import findings
 from cattune.report.grid import grid_rows, grid_table
 from cattune.report.plots import (
     plot_accuracy,
@@ -30,6 +29,7 @@ from cattune.report.plots import (
     plot_heatmaps,
 )
 from cattune.report.results import ATTENTION_CATEGORIES, BASELINE, CAT
+from cattune.report.sentences import findings
 from cattune.report.tables import loss_table, numeric_error_table, token_change_table
 
 __all__ = [

@@ -10,7 +10,6 @@ from typing import Any
 
 from cattune.files import atomic_write_text
 from cattune.report.comparison import comparison_table
-from cattune.report.sentences import findings
 from cattune.report.format import _arm_label, _md_table
 from cattune.report.grid import grid_rows, grid_table
 from cattune.report.plots import (
@@ -23,6 +22,7 @@ from cattune.report.plots import (
     plot_heatmaps,
 )
 from cattune.report.results import _arms, _reference, _seeds, _splits
+from cattune.report.sentences import findings
 from cattune.report.tables import _attention_table, _per_seed_table, loss_table, numeric_error_table, token_change_table
 
 logger = logging.getLogger(__name__)
