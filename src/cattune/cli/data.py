@@ -102,10 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "The released files lack the field, and the path constraint (path_weight > 0, the\n"
                     "recipes of docs/STUDY.md) needs it; 'cattune experiment' adds it by itself, 'cattune\n"
                     "train' reads it from the file. Generated files ('cattune data stg') already have it.\n\n"
-                    "Example (the recipe cattune ships: the path constraint with position jitter, docs/STUDY.md):\n"
+                    "Example (the study's best recipe: the path constraint with position jitter, docs/STUDY.md):\n"
                     "  cattune data spans ../shared/data/cat-release/STG/spurious_token_game_train3_M.jsonl \\\n"
                     "      --out runs/data/stg_m_train.with_spans.jsonl\n"
-                    "  cattune train --config configs/train_stg_smollm2.yaml output_dir=runs/stg-cat",
+                    "  cattune train --config configs/train_stg_smollm2_path_jitter.yaml output_dir=runs/stg-cat",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="release-format JSONL file of the benchmark")
