@@ -59,8 +59,6 @@ HIGH_RISK, LOW_RISK, MIDDLE_RISK = "High Risk", "Low Risk", "Middle Risk"
 HIGH_RISK_THRESHOLD = 7.2
 MIDDLE_RISK_SCORE = 2.7
 
-# How the spurious values relate to the causes in each kind of split.
-
 
 def risk_score(smoking: int, weight: int, exercise: int) -> float:
     """The latent score, evaluated in the same float order as the released generator."""
