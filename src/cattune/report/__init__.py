@@ -13,6 +13,7 @@ One concept per module:
 - ``comparison``: each arm against the baseline (:func:`compare_arms`) and the comparison table
 - ``sentences``: the findings, sentences computed from the numbers
 - ``grid``: the rows and table of a multi-variant grid
+- ``pooled``: one comparison over the seeds of several experiments' results
 - ``tables``: the further tables (numeric error, flips by token change, attention, per seed, losses)
 - ``plots``: the PNG plots
 - ``document``: ``report.md`` and the plots, written by :func:`write_report`
@@ -28,6 +29,7 @@ from cattune.report.plots import (
     plot_grid_summary,
     plot_heatmaps,
 )
+from cattune.report.pooled import pooled_comparison, pooled_table
 from cattune.report.results import ATTENTION_CATEGORIES, BASELINE, CAT
 from cattune.report.sentences import findings
 from cattune.report.tables import loss_table, numeric_error_table, token_change_table
@@ -50,6 +52,8 @@ __all__ = [
     "plot_attention_over_training",
     "plot_grid_summary",
     "plot_heatmaps",
+    "pooled_comparison",
+    "pooled_table",
     "token_change_table",
     "write_report",
 ]
