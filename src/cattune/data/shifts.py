@@ -14,8 +14,8 @@ CORRELATED, INDEPENDENT, ANTICORRELATED, IN_RANGE = "correlated", "independent",
 EXTRA_SHIFTS: tuple[str, ...] = (ANTICORRELATED, IN_RANGE)
 BASE_SPLITS: dict[str, str] = {"train": CORRELATED, "test_iid": CORRELATED, "test_ood": INDEPENDENT}
 
-# (random stream, number of records, spurious relation) -> records
-SplitGenerator = Callable[[random.Random, int, str], list[dict[str, Any]]]
+# (random stream, number of records, spurious relation, **benchmark options) -> records
+SplitGenerator = Callable[..., list[dict[str, Any]]]
 
 
 def split_relations(extra_shifts: Sequence[str] = EXTRA_SHIFTS) -> dict[str, str]:
@@ -33,12 +33,14 @@ def generate_splits(
     train_size: int,
     test_size: int,
     extra_shifts: Sequence[str] = EXTRA_SHIFTS,
+    **options: Any,
 ) -> dict[str, list[dict[str, Any]]]:
-    """The training pool, the IID and OOD tests, and one test per extra shift."""
+    """The training pool, the IID and OOD tests, and one test per extra shift, each split drawn by
+    ``generate_split(rng, size, relation, **options)``."""
     if train_size < 0 or test_size < 0:
         raise ValueError("sizes must be non-negative")
     splits = {}
     for split, relation in split_relations(extra_shifts).items():
         size = train_size if split == "train" else test_size
-        splits[split] = generate_split(random.Random(f"{benchmark}:{seed}:{split}"), size, relation)
+        splits[split] = generate_split(random.Random(f"{benchmark}:{seed}:{split}"), size, relation, **options)
     return splits

@@ -139,14 +139,8 @@ def generate_splits(
     Each split draws from its own random stream seeded by ``(seed, split name)``, so asking for
     fewer shifts or another test size leaves the other splits unchanged.
     """
-    return shifts.generate_splits(
-        NAME,
-        lambda rng, size, relation: generate_split(rng, size, relation, middle_risk=middle_risk),
-        seed,
-        train_size,
-        test_size,
-        extra_shifts,
-    )
+    return shifts.generate_splits(NAME, generate_split, seed, train_size, test_size, extra_shifts,
+                                  middle_risk=middle_risk)
 
 
 def _fields(text: str) -> dict[str, TableField]:

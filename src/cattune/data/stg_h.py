@@ -198,14 +198,8 @@ def generate_splits(
 ) -> dict[str, list[dict[str, Any]]]:
     """The training pool, the IID and OOD tests, and one test per extra shift (each split from
     its own random stream seeded by ``(seed, split name)``)."""
-    return shifts.generate_splits(
-        NAME,
-        lambda rng, size, relation: generate_split(rng, size, relation, label_from_printed=label_from_printed),
-        seed,
-        train_size,
-        test_size,
-        extra_shifts,
-    )
+    return shifts.generate_splits(NAME, generate_split, seed, train_size, test_size, extra_shifts,
+                                  label_from_printed=label_from_printed)
 
 
 def _fields(text: str) -> dict[str, TableField]:

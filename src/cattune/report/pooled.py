@@ -30,7 +30,7 @@ def seed_values(results: Sequence[Mapping[str, Any]], arm: str, split: str, meas
     for result in results:
         per_seed = result.get("arms", {}).get(arm, {}).get("splits", {}).get(split, {}).get("per_seed", {})
         for seed, stats in per_seed.items():
-            if measure in stats and seed not in values:
+            if measure in stats and str(seed) not in values:
                 values[str(seed)] = float(stats[measure])
     return values
 
