@@ -116,6 +116,22 @@ def test_path_term_lowers_attention_on_noncausal_spans(tiny_dir, stg_file, tmp_p
     assert all("path_loss" in r for r in _metrics(on.output_dir) if "lm_loss" in r)
 
 
+def test_path_term_waits_for_its_start_epoch(tiny_dir, stg_file, tmp_path):  # noqa: F811
+    # 64 records in batches of 8: epoch 0 is steps 1-8.
+    common = dict(epochs=2, attn_weight=0.0, path_alpha=50.0, path_loss_type="hinge")
+    late = _metrics(train(_cfg(tiny_dir, stg_file, tmp_path / "late", path_weight=1.0, path_start_epoch=1,
+                               **common)).output_dir)
+    off = _metrics(train(_cfg(tiny_dir, stg_file, tmp_path / "off", path_weight=1e-9, **common)).output_dir)
+    late, off = ([r for r in rows if "lm_loss" in r] for rows in (late, off))
+    assert [r["path_weight"] for r in late] == [0.0] * 8 + [1.0] * 8
+    # Off means off: up to the first step of epoch 1 (whose forward precedes its update) the run is
+    # the run without the term; from then on every step attends less to the named spans.
+    share = [r["path_share_noncausal"] for r in late], [r["path_share_noncausal"] for r in off]
+    assert [r["lm_loss"] for r in late[:9]] == pytest.approx([r["lm_loss"] for r in off[:9]], rel=1e-5)
+    assert share[0][:9] == pytest.approx(share[1][:9], rel=1e-5)
+    assert all(a < b for a, b in zip(share[0][9:], share[1][9:]))
+
+
 def test_path_term_needs_named_spans(tiny_dir, tmp_path):  # noqa: F811
     bare = [{k: v for k, v in obj.items() if k != "noncausal"} for obj in stg.generate_splits(2, 8, 1)["train"]]
     path = write_records(tmp_path / "bare.jsonl", bare)

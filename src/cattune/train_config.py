@@ -68,6 +68,9 @@ class TrainConfig:
     path_alpha: float = 10.0
     path_loss_type: Literal["div", "div2", "nll", "hinge"] = "hinge"
     path_schedule: Literal["exp", "constant"] = "constant"  # exp uses attn_decay
+    # Off for the first epochs (counted from 0): lets the LM loss learn the task from every route
+    # before the term closes the non-causal ones (the study's stalled runs met it from the start).
+    path_start_epoch: int = 0
     path_per_head: bool = True
     path_per_layer: bool = True
 
@@ -107,6 +110,8 @@ class TrainConfig:
             problems.append("position_jitter must be >= 0 (0 is off)")
         if self.path_weight < 0 or self.path_alpha <= 0:
             problems.append("path_weight must be >= 0 (0 is off) and path_alpha positive")
+        if self.path_start_epoch < 0:
+            problems.append("path_start_epoch must be >= 0 (0: from the first epoch)")
         if self.lora and (self.lora_r < 1 or not self.lora_target_modules):
             problems.append("lora needs lora_r >= 1 and at least one lora_target_modules entry")
         if self.limit is not None and self.limit < 1:

@@ -57,6 +57,7 @@ class ReAttentionSettings:
     path_alpha: float = 10.0
     path_loss_type: str = "hinge"
     path_schedule: str = "constant"
+    path_start_epoch: int = 0
     path_per_head: bool = True
     path_per_layer: bool = True
 
@@ -98,17 +99,18 @@ class ReAttentionMixin:
             self._cat_sums[name] += value
             self._cat_counts[name] += 1
 
-    def _scheduled(self, weight: float, schedule: str) -> float:
-        if weight == 0:
-            return 0.0
+    def _scheduled(self, weight: float, schedule: str, start_epoch: int = 0) -> float:
         epoch = math.floor(self.state.epoch or 0.0)  # the released code's integer epoch, from 0
+        if weight == 0 or epoch < start_epoch:
+            return 0.0
         return weight * attention_weight(epoch, decay=self.reattention.decay, schedule=schedule)
 
     def current_attention_weight(self) -> float:
         return self._scheduled(self.reattention.weight, self.reattention.schedule)
 
     def current_path_weight(self) -> float:
-        return self._scheduled(self.reattention.path_weight, self.reattention.path_schedule)
+        s = self.reattention
+        return self._scheduled(s.path_weight, s.path_schedule, s.path_start_epoch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         supervision = _pop_supervision(inputs)

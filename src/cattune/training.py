@@ -267,6 +267,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
             path_alpha=config.path_alpha,
             path_loss_type=config.path_loss_type,
             path_schedule=config.path_schedule,
+            path_start_epoch=config.path_start_epoch,
             path_per_head=config.path_per_head,
             path_per_layer=config.path_per_layer,
         ),
