@@ -357,3 +357,14 @@ def test_report_of_a_grid_has_a_grid_table_and_plot(results, tmp_path):
     assert "| baseline |" not in report.split("## Flips by change in token count")[1].split("##")[0]
     # Two arms and one seed: no grid section.
     assert "## Grid" not in write_report(results, tmp_path / "pair")["report"].read_text()
+
+
+def test_arm_settings_name_every_override():
+    from cattune.report.document import _arm_settings
+
+    config = {"train": {"attn_loss_type": "div", "attn_alpha": 2.0, "attn_per_head": False},
+              "arms": {"hinge": {"attn_loss_type": "hinge"},
+                       "heads": {"attn_loss_type": "hinge", "attn_per_head": True, "attn_sink": False, "lr": 2e-3}}}
+    assert _arm_settings(config, "hinge") == "attention term: loss_type hinge, alpha 2.0"
+    assert _arm_settings(config, "heads") == ("attention term: loss_type hinge, alpha 2.0; "
+                                              "attn_per_head=True; attn_sink=False; lr=0.002")

@@ -62,15 +62,16 @@ def _arm_settings(config: Mapping[str, Any], arm: str) -> str:
     train = _get(config, "train") or {}
     overrides = _get(config, "arms", arm) or {}
     effective = {**{k: v for k, v in train.items() if k.startswith("attn_")}, **overrides}
+    core = ("attn_loss_type", "attn_alpha", "attn_weight", "attn_schedule")
     parts = []
     if effective.get("attn_weight") == 0:
         parts.append("attention term off")
     elif effective:
-        described = [f"{key.removeprefix('attn_')} {effective[key]}"
-                     for key in ("attn_loss_type", "attn_alpha", "attn_weight", "attn_schedule") if key in effective]
+        described = [f"{key.removeprefix('attn_')} {effective[key]}" for key in core if key in effective]
         if described:
             parts.append("attention term: " + ", ".join(described))
-    parts += [f"{k}={v}" for k, v in overrides.items() if not k.startswith("attn_")]
+    # Every other override too (attn_per_head, lr, ...): two arms must not read alike.
+    parts += [f"{k}={v}" for k, v in overrides.items() if k not in core]
     return "; ".join(parts)
 
 
