@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cattune.attention import RowSupervision, row_masses
-from cattune.loss import LOSS_TYPES, attention_ratio, attention_weight, reattention_loss
+from cattune.loss import LOSS_TYPES, attention_ratio, attention_weight, held_ratio, reattention_loss
 
 
 def reference_row_loss(a_c, a_n, alpha, loss_type):
@@ -211,3 +211,16 @@ def test_attention_weight_schedules():
     assert attention_weight(7.0, schedule="constant") == 1.0
     with pytest.raises(ValueError, match="schedule"):
         attention_weight(1.0, schedule="linear")
+
+
+def test_held_ratio_averages_attention_before_dividing():
+    n_c, n_o = torch.tensor([2.0, 4.0, 0.0]), torch.tensor([4.0, 4.0, 3.0])
+    # Two heads per row; the second head of row 0 puts (almost) nothing on the non-causal columns.
+    causal = torch.tensor([[0.4, 0.6], [0.2, 0.2], [0.0, 0.0]])
+    other = torch.tensor([[0.4, 1e-30], [0.4, 0.4], [0.5, 0.5]])
+    # Row 0: (0.5 / 2) / (0.2 / 4) = 5; row 1: (0.2 / 4) / (0.4 / 4) = 0.5; row 2 has no cause column.
+    assert held_ratio(causal, other, n_c, n_o) == pytest.approx((5.0 + 0.5) / 2)
+    assert held_ratio(causal.mean(-1), other.mean(-1), n_c, n_o) == pytest.approx((5.0 + 0.5) / 2)
+    per_head, valid = attention_ratio(causal, other, n_c, n_o)
+    assert float(per_head[valid].mean()) > 1e20  # what a mean of per-head ratios would have logged
+    assert math.isnan(held_ratio(causal[2:], other[2:], n_c[2:], n_o[2:]))

@@ -106,6 +106,19 @@ def attention_ratio(
     return ratio, valid
 
 
+def held_ratio(
+    causal_mass: torch.Tensor, other_mass: torch.Tensor, n_causal: torch.Tensor, n_other: torch.Tensor
+) -> float:
+    """The ratio ``a_c / a_n`` of the attention averaged over the held units (heads, layers), mean
+    over the valid rows; NaN when none is valid. What the logs call ``attn_ratio``: a mean of
+    per-head ratios would be swamped by the heads whose non-causal attention is ~0, and this reads
+    the same whether the loss holds each head or their mean."""
+    if causal_mass.dim() == 2:  # [R, units] -> [R]
+        causal_mass, other_mass = causal_mass.mean(-1), other_mass.mean(-1)
+    ratio, valid = attention_ratio(causal_mass.detach(), other_mass.detach(), n_causal, n_other)
+    return float(ratio[valid].mean()) if bool(valid.any()) else math.nan
+
+
 def _row_means(
     causal_mass: torch.Tensor, other_mass: torch.Tensor, n_causal: torch.Tensor, n_other: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ from transformers import Trainer
 from cattune.attention import CATAttentionError, RowSupervision, capture_row_attention, pretrained_model
 from cattune.collator import PAIR_PREFIX
 from cattune.encoding import IGNORE_INDEX
-from cattune.loss import attention_weight, reattention_loss
+from cattune.loss import attention_weight, held_ratio, reattention_loss
 from cattune.positions import jittered_position_ids
 
 
@@ -125,7 +125,8 @@ class ReAttentionMixin:
             lm_loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             masses = capture.masses(outputs, inputs.get("attention_mask"), first_token=not s.sink)
         stats = masses.row_statistics(per_head=s.per_head, per_layer=s.per_layer, sink=s.sink)
-        term = reattention_loss(*_select(stats, supervision.answer), alpha=s.alpha, loss_type=s.loss_type)
+        answer_stats = _select(stats, supervision.answer)
+        term = reattention_loss(*answer_stats, alpha=s.alpha, loss_type=s.loss_type)
         weight = self.current_attention_weight()
         loss = lm_loss + weight * term.loss if weight > 0 else lm_loss
         path_term, path_weight = None, self.current_path_weight()
@@ -141,8 +142,7 @@ class ReAttentionMixin:
             self._record("attn_loss", term.loss.detach().float().item())
             self._record("attn_weight", weight)
             self._record("attn_satisfied", term.satisfied_fraction)
-            if term.valid.any():
-                self._record("attn_ratio", term.ratio[term.valid].float().mean().item())
+            self._record("attn_ratio", held_ratio(*answer_stats))  # _record skips NaN
             if path_term is not None:
                 self._record("path_loss", path_term.loss.detach().float().item())
                 self._record("path_weight", path_weight)
