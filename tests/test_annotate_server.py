@@ -28,8 +28,10 @@ from fake_openai_server import EXAMPLES_YAML, EXPECTED_FAILURE_KIND, Action, Fak
 N_ITEMS = 1000
 CONCURRENCY = 16
 API_KEY = "sk-test-DO-NOT-LEAK-7f3a9c"
-FAST = dict(timeout=0.25, policy=RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_retry_after=5.0))
-CLI_FAST = ["--timeout", "0.25", "--max-attempts", "4", "--backoff-base", "0.01", "--backoff-max", "0.05",
+# 0.4 s: under a loaded CI machine a plain reply took over 0.25 s once, and the client then retried a
+# reply the server had counted; slow replies (0.6 s) still time out.
+FAST = dict(timeout=0.4, policy=RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, max_retry_after=5.0))
+CLI_FAST = ["--timeout", "0.4", "--max-attempts", "4", "--backoff-base", "0.01", "--backoff-max", "0.05",
             "--max-retry-after", "5", "--concurrency", str(CONCURRENCY), "--no-progress"]
 
 
