@@ -27,3 +27,14 @@ def test_config_and_its_arms_validate(path, tmp_path):
     for arm in config.arms:
         for seed in config.seeds:
             _train_config(config, arm, seed, tmp_path / "train.jsonl", tmp_path / arm).validate()
+
+
+def test_experiment_runs_ask_for_what_training_will_run(tmp_path, monkeypatch):
+    # An experiment checks a finished run's saved settings against its arm's config before reusing
+    # it; on a CPU without native bf16 both must say fp32, or every run would be trained again.
+    from cattune import precision
+
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda: False)
+    config = load_config(ExperimentConfig, Path(__file__).resolve().parents[1] / "configs" / "experiment_stg_smollm2.yaml")
+    assert config.train.bf16 is True
+    assert _train_config(config, "cat", 42, tmp_path / "train.jsonl", tmp_path / "cat").bf16 is False

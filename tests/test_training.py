@@ -181,3 +181,29 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_dir, stg_file, tmp_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     steps = [r["step"] for r in _metrics(run) if "lm_loss" in r]
     assert steps == list(range(1, 13))  # every step logged once, none lost or repeated
+
+
+def test_bf16_is_dropped_where_it_would_be_emulated(tiny_dir, stg_file, tmp_path, monkeypatch, caplog):
+    from cattune import precision
+
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda: False)
+    precision._warn_slow_bf16.cache_clear()
+    result = train(_cfg(tiny_dir, stg_file, tmp_path / "run", max_steps=1, bf16=True))
+    assert "training in fp32" in caplog.text
+    # The saved config says what ran, so resuming or reusing the run under the same request passes
+    # the settings check, and a faster machine reusing it would be told that it ran in fp32.
+    saved = load_config(TrainConfig, tmp_path / "run" / "config.yaml")
+    assert saved.bf16 is False and result.global_step == 1
+    again = train(_cfg(tiny_dir, stg_file, tmp_path / "run", max_steps=1, bf16=True), resume=True)
+    assert again.global_step == 1
+
+
+def test_bf16_is_kept_where_it_is_native(monkeypatch):
+    from cattune import precision
+
+    config = TrainConfig(bf16=True)
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda: True)
+    assert precision.usable_precision(config) is config
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda: False)
+    assert precision.usable_precision(config).bf16 is False
+    assert precision.usable_precision(TrainConfig(bf16=False)).bf16 is False

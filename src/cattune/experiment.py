@@ -39,6 +39,7 @@ from cattune.data.records import Record, load_records, write_records
 from cattune.evaluate import git_revision
 from cattune.experiment_config import ExperimentConfig
 from cattune.files import atomic_write_json
+from cattune.precision import usable_precision
 from cattune.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _train_config(config: ExperimentConfig, arm: str, seed: int, train_file: Pat
     data = to_dict(config.train)
     data.update(config.arms[arm] or {})
     data.update(seed=seed, train_file=str(train_file), output_dir=str(run_dir))
-    return from_dict(TrainConfig, data)
+    return usable_precision(from_dict(TrainConfig, data))
 
 
 def _annotated_for_diagnostics(records: list[Record], benchmark: str | None) -> tuple[list[Record], list[dict[str, list[str]]]]:

@@ -30,6 +30,7 @@ from cattune.data.records import load_records
 from cattune.evaluate import git_revision
 from cattune.files import atomic_write_json
 from cattune.models import EMBEDDED_MODELS, load_model, load_tokenizer
+from cattune.precision import usable_precision
 from cattune.train_config import TrainConfig, changed_settings
 from cattune.trainer import CATTrainer, ReAttentionSettings
 
@@ -157,6 +158,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: Any = None, token
         raise ConfigError("train_file is not set (give train_file=PATH)")
     if not config.output_dir:
         raise ConfigError("output_dir is not set (give output_dir=DIR)")
+    config = usable_precision(config)  # before the settings check: a run saves what it ran with
     out = Path(config.output_dir)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
