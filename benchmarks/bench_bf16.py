@@ -10,22 +10,11 @@ config's ``bf16: true`` is used only where that is true (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from bench_loss import timed  # the sibling script's median timer (run from benchmarks/ or as a path)
 
 from cattune.precision import bf16_is_fast
-
-
-def _median_seconds(fn, repeats: int) -> float:  # noqa: ANN001
-    fn()  # warm-up: first-call dispatch and allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -42,9 +31,9 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return a @ b
 
-    fp32 = _median_seconds(lambda: a @ b, args.repeats)
-    bf16 = _median_seconds(lambda: a16 @ b16, args.repeats)
-    auto = _median_seconds(autocast, args.repeats)
+    fp32 = timed(lambda: a @ b, 1, args.repeats)
+    bf16 = timed(lambda: a16 @ b16, 1, args.repeats)
+    auto = timed(autocast, 1, args.repeats)
     print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, {args.threads} thread(s)")
     print(f"[{args.tokens} x 576] @ [576 x 1536], median of {args.repeats}:")
     print(f"  fp32      {fp32 * 1e3:9.1f} ms")
