@@ -35,7 +35,7 @@ class TrainConfig:
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     max_grad_norm: float = 1.0
     seed: int = 42
-    bf16: bool = False  # bf16 autocast (fast on CPUs with AMX and on recent GPUs)
+    bf16: bool = False  # bf16 autocast where the hardware runs it natively; fp32 elsewhere (cattune.precision)
     gradient_checkpointing: bool = False
 
     # LoRA (PEFT); lora=false is full fine-tuning.
