@@ -32,8 +32,9 @@ def bf16_is_fast() -> bool:
 
 @functools.cache
 def _warn_slow_bf16() -> None:
-    logger.warning("bf16 was requested, but this CPU has no native bf16 kernels (no AVX-512 or AMX), where "
-                   "bf16 autocast runs tens of times slower than fp32; training in fp32 (bf16=false) instead")
+    where = ("this GPU does not support bf16" if torch.cuda.is_available() else
+             "this CPU has no native bf16 kernels (no AVX-512 or AMX), where bf16 autocast runs tens of times slower")
+    logger.warning("bf16 was requested, but %s; training in fp32 (bf16=false) instead", where)
 
 
 def usable_precision(config: TrainConfig) -> TrainConfig:
