@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cattune.config import load_config
-from cattune.experiment import _train_config
+from cattune.experiment import ExperimentRunner, _train_config
 from cattune.experiment_config import ExperimentConfig
 from cattune.train_config import TrainConfig
 
@@ -38,3 +38,6 @@ def test_experiment_runs_ask_for_what_training_will_run(tmp_path, monkeypatch):
     config = load_config(ExperimentConfig, Path(__file__).resolve().parents[1] / "configs" / "experiment_stg_smollm2.yaml")
     assert config.train.bf16 is True
     assert _train_config(config, "cat", 42, tmp_path / "train.jsonl", tmp_path / "cat").bf16 is False
+    # and the experiment's own saved config (results.json, config.yaml) says the same
+    assert ExperimentRunner(config, results_dir=tmp_path).config.train.bf16 is False
+    assert config.train.bf16 is True  # the caller's config is left as it was

@@ -151,7 +151,8 @@ class ExperimentRunner:
     """Runs one experiment config step by step; every step is resumable."""
 
     def __init__(self, config: ExperimentConfig, *, progress: bool = True, results_dir: Path | None = None):
-        self.config = config
+        # The saved config and results.json say what the runs train with (fp32 where bf16 is emulated).
+        self.config = dataclasses.replace(config, train=usable_precision(config.train))
         self.out = Path(config.output_dir or Path("runs") / config.name)
         # Where config.yaml, results.json and the report go: the run folder unless told otherwise
         # (a subset of a grid's arms reported apart, leaving the whole grid's results in place).
