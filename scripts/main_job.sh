@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: baseline vs CAT on STG with the embedded SmolLM2-135M (about 50 minutes on 2 CPU
+# The main job: baseline vs CAT on STG with the embedded SmolLM2-135M (30-65 minutes on 2 CPU
 # cores). Re-running resumes an interrupted experiment. Extra arguments are config overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
