@@ -285,6 +285,11 @@ def test_multi_seed_and_extra_arm(results, tmp_path):
                and "per seed (2 pairs of runs): paired t p = 0.040" in s for s in text)
     # The attention caveat is about CAT alone: augment winning does not make CAT's behaviour "mixed".
     assert any("behaviour did not follow" in s for s in text)
+    # The same difference at both seeds: the t-test is undefined, and the sentence says so.
+    results["paired"]["augment:test_ood"]["flip_seeds_paired"]["t_test_p_value"] = None
+    assert any(s.startswith("augment vs baseline flip rate on test_ood")
+               and "per seed (2 pairs of runs): paired t undefined (the same difference at every seed)" in s
+               for s in findings(results))
 
 
 def test_training_plot_averages_repeated_steps_and_rejects_empty(metrics, tmp_path):

@@ -43,3 +43,11 @@ def test_pooled_comparison_tests_the_seed_pairs_in_points():
 def test_pooled_comparison_needs_two_shared_seeds():
     only_one = _results({"baseline": {"1": {"accuracy": 0.5}}, "cat": {"1": {"accuracy": 0.6}}})
     assert pooled_comparison([only_one], "baseline", "cat") == []
+
+
+def test_pooled_table_says_when_the_paired_t_test_is_undefined():
+    tied = _results({"baseline": {"42": {"accuracy": 0.925}, "44": {"accuracy": 0.935}},
+                     "longer": {"42": {"accuracy": 0.9375}, "44": {"accuracy": 0.9475}}})
+    rows = pooled_comparison([tied], "baseline", "longer", measures=[("test_ood", "accuracy")])
+    assert rows[0]["t_test_p_value"] is None
+    assert "| +1.2 [+1.2, +1.2] | undefined | 0.5 |" in pooled_table(rows, "baseline", "longer")

@@ -76,3 +76,14 @@ def test_paired_seed_test():
     assert mixed["mean_difference"] == pytest.approx(0.0) and mixed["sign_flip_p_value"] == 1.0
     with pytest.raises(ValueError, match="at least 2 seeds"):
         paired_seed_test([0.5], [0.6])
+
+
+def test_paired_seed_test_has_no_t_p_value_when_every_seed_differs_by_the_same_amount():
+    # Two seeds, each 1.25 points better (accuracies on 400 items move in steps of 0.25): the
+    # t statistic has no variance to divide by; the sign-flip test still answers (2 / 2**2).
+    tied = paired_seed_test([0.925, 0.935], [0.9375, 0.9475])
+    assert tied["mean_difference"] == pytest.approx(0.0125)
+    assert tied["t_test_p_value"] is None
+    assert tied["sign_flip_p_value"] == pytest.approx(0.5)
+    # No difference at all is no evidence of one.
+    assert paired_seed_test([0.9, 0.8], [0.9, 0.8])["t_test_p_value"] == 1.0

@@ -30,6 +30,12 @@ def _p(p: float) -> str:
     return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
+def seed_t_p(seed_test: Mapping[str, Any]) -> str:
+    """"paired t p = ..." of :func:`cattune.stats.paired_seed_test`, or why there is none."""
+    p = seed_test["t_test_p_value"]
+    return "paired t undefined (the same difference at every seed)" if p is None else f"paired t p = {_p(p)}"
+
+
 def _interval(low: Any, high: Any, signed: bool = False) -> str:
     if low is None or high is None:
         return ""

@@ -62,5 +62,6 @@ def pooled_table(rows: Sequence[Mapping[str, Any]], reference: str, arm: str) ->
     header = ["split", "measure", "seeds", reference, arm, "difference [95% t interval]", "paired t p", "sign-flip p"]
     body = [[r["split"], r["measure"], ",".join(r["seeds"]), f"{r['reference_mean']:.1f}", f"{r['arm_mean']:.1f}",
              f"{r['mean_difference']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]",
-             f"{r['t_test_p_value']:.2g}", f"{r['sign_flip_p_value']:.2g}"] for r in rows]
+             "undefined" if r["t_test_p_value"] is None else f"{r['t_test_p_value']:.2g}",
+             f"{r['sign_flip_p_value']:.2g}"] for r in rows]
     return _md_table(header, body)

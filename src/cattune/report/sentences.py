@@ -8,7 +8,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from cattune.report.comparison import ALPHA, Comparison, compare_arms
-from cattune.report.format import _arm_label, _bootstrap_p, _cell, _error_interval, _interval, _p, _pct, _share, _the
+from cattune.report.format import (
+    _arm_label,
+    _bootstrap_p,
+    _cell,
+    _error_interval,
+    _interval,
+    _pct,
+    _share,
+    _the,
+    seed_t_p,
+)
 from cattune.report.results import (
     BASELINE,
     CAT,
@@ -53,7 +63,7 @@ def _accuracy_sentence(results: Mapping[str, Any], split: str, arm: str, c: Comp
         detail += f"; {c.basis}"
     if seed_test := _paired(results, arm, split).get("seeds_paired"):
         detail += (f"; per seed ({seed_test['n']} pairs of runs): mean difference "
-                   f"{100 * seed_test['mean_difference']:+.1f} points, paired t p = {_p(seed_test['t_test_p_value'])}")
+                   f"{100 * seed_test['mean_difference']:+.1f} points, {seed_t_p(seed_test)}")
     label = _arm_label(arm)
     head = f"{label} vs {ref} on {split}: {_pct(other['accuracy'])}% vs {_pct(base['accuracy'])}% ({detail})"
     if c.verdict == "undetermined":
@@ -109,7 +119,7 @@ def _flip_sentences(results: Mapping[str, Any]) -> list[str]:
             else:
                 basis = c.basis
                 if seed_test := _paired(results, arm, split).get("flip_seeds_paired"):
-                    basis += f"; per seed ({seed_test['n']} pairs of runs): paired t p = {_p(seed_test['t_test_p_value'])}"
+                    basis += f"; per seed ({seed_test['n']} pairs of runs): {seed_t_p(seed_test)}"
                 out.append(f"{head} ({basis}): {_arm_label(arm)} is {c.verdict} ({meaning[c.verdict]}).")
         # A low flip rate is only evidence of reading the causes if the model reads its input at all.
         majority = _majority(results, split)
@@ -187,7 +197,7 @@ def _numeric_error_sentences(results: Mapping[str, Any]) -> list[str]:
                        else "better" if boot["mean_difference"] < 0 else "worse")
             basis = f"paired bootstrap p {_bootstrap_p(boot)}; {boot['n']} items where both answered with a number"
             if seed_test := _paired(results, arm, split).get("absolute_error_seeds_paired"):
-                basis += f"; per seed ({seed_test['n']} pairs of runs): paired t p = {_p(seed_test['t_test_p_value'])}"
+                basis += f"; per seed ({seed_test['n']} pairs of runs): {seed_t_p(seed_test)}"
             out.append(f"{_arm_label(arm)} vs {_reference(results)} mean absolute error on {split}: "
                        f"{other['mean_absolute_error']:.2f} vs {base['mean_absolute_error']:.2f} (difference "
                        f"{boot['mean_difference']:+.2f}{_error_interval(boot['ci_low'], boot['ci_high'])}; {basis}): "
